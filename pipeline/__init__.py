@@ -1,0 +1,1 @@
+"""The ML core: corpus plans, teacher runners, ensemble methods, losses, student trainer."""

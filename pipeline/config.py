@@ -1,0 +1,166 @@
+"""The one YAML config (DESIGN.md section 6), validated with pydantic.
+
+Every error names the file, the key and what to do. Relative paths are taken relative to the
+config file, so a config and its data can move together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A bad config; the message says which file and key, and how to fix it."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CorpusConfig(Strict):
+    path: str = Field(description="jsonl/json/csv/parquet/txt file, a folder of them, or a "
+                                  "saved `datasets` directory")
+    text_column: str = "text"
+    rows_per_shard: int = Field(4096, ge=1)
+    split: str = "train"
+
+
+class MCDropoutConfig(Strict):
+    passes: int = Field(16, ge=2)
+    seed: int = 0
+
+
+class FeaturesConfig(Strict):
+    layer: int = Field(-1, description="hidden-state index; -1 is the last layer")
+    pooling: Literal["mean", "token"] = "mean"
+    project_to: int | None = Field(None, ge=1, description="fixed seeded random projection")
+    seed: int = 0
+
+
+class TeacherConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: str
+    kind: Literal["classification"] = "classification"
+    max_length: int = Field(128, ge=2)
+    batch_size: int = Field(64, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:1, ...")
+    logits_dtype: Literal["float32", "float16"] = "float32"
+    on_nonfinite: Literal["error", "skip"] = "error"
+    mc_dropout: MCDropoutConfig | None = None
+    features: FeaturesConfig | None = None
+
+
+class StudentConfig(Strict):
+    model: str
+    num_labels: int | None = Field(None, ge=1)
+
+
+class TrainConfig(Strict):
+    method: str = "mean"
+    temperature: float = Field(2.0, gt=0)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    output: str = "runs/student"
+
+
+class EvalConfig(Strict):
+    path: str
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+class DistillConfig(Strict):
+    cache: str = "./cache"
+    corpus: CorpusConfig
+    teachers: list[TeacherConfig] = Field(min_length=1)
+    student: StudentConfig | None = None
+    train: TrainConfig | None = None
+    eval: EvalConfig | None = None
+    source: str = Field("<memory>", exclude=True, description="the file this was read from")
+
+    @field_validator("teachers")
+    @classmethod
+    def _unique_names(cls, teachers: list[TeacherConfig]) -> list[TeacherConfig]:
+        names = [t.name for t in teachers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"teacher names must be unique; repeated: {', '.join(dupes)}")
+        return teachers
+
+    def teacher(self, name: str) -> TeacherConfig:
+        for t in self.teachers:
+            if t.name == name:
+                return t
+        known = ", ".join(t.name for t in self.teachers)
+        raise ConfigError(f"{self.source}: no teacher named '{name}' (teachers: {known})")
+
+
+def load_config(path: str | Path) -> DistillConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys (cache, corpus, teachers, ...)")
+    return parse_config(raw, source=str(path), base=path.parent)
+
+
+def parse_config(raw: dict, *, source: str = "<memory>", base: Path | None = None) -> DistillConfig:
+    try:
+        config = DistillConfig.model_validate({**raw, "source": source})
+    except ValidationError as e:
+        raise ConfigError(_explain(e, source)) from None
+    return _resolve_paths(config, base) if base is not None else config
+
+
+def _explain(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid config"]
+    for err in error.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key; remove it or check its spelling "
+                         "(see the config reference in README.md)")
+        elif err["type"] == "missing":
+            lines.append(f"  {key}: required key is missing")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _is_url(value: str) -> bool:
+    return "://" in value
+
+
+def _resolve_model(value: str, base: Path) -> str:
+    """A model is a local folder (relative to the config) or else a hub id like org/name."""
+    if _is_url(value) or Path(value).is_absolute():
+        return value
+    candidate = base / value
+    return str(candidate.resolve()) if candidate.exists() or value.startswith(".") else value
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    return value if _is_url(value) else str((base / value).resolve())
+
+
+def _resolve_paths(config: DistillConfig, base: Path) -> DistillConfig:
+    config.cache = _resolve_path(config.cache, base)
+    config.corpus.path = _resolve_path(config.corpus.path, base)
+    for t in config.teachers:
+        t.model = _resolve_model(t.model, base)
+    if config.student:
+        config.student.model = _resolve_model(config.student.model, base)
+    if config.train:
+        config.train.output = str((base / config.train.output).resolve())
+    if config.eval:
+        config.eval.path = _resolve_path(config.eval.path, base)
+    return config

@@ -1,0 +1,63 @@
+"""Read any corpus Hugging Face `datasets` can load and turn it into a cache plan.
+
+Files are read in streaming mode: nothing is copied into the `datasets` cache and memory stays
+flat however large the corpus is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.config import ConfigError, CorpusConfig
+from storage.cache import Cache
+from storage.plan import build_plan
+from storage.records import Plan
+
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
+            ".txt": "text", ".arrow": "arrow"}
+
+
+def load_rows(corpus: CorpusConfig) -> Iterator[tuple[int, object]]:
+    """Yield (row number, value of the text column) for every row, in corpus order."""
+    dataset = _open(corpus)
+    first = True
+    for row, example in enumerate(dataset):
+        if first and corpus.text_column not in example:
+            raise ConfigError(
+                f"{corpus.path}: no column '{corpus.text_column}' (columns: "
+                f"{', '.join(example)}). Set corpus.text_column in the config to one of them.")
+        first = False
+        yield row, example.get(corpus.text_column)
+
+
+def _open(corpus: CorpusConfig):
+    import datasets
+
+    path = Path(corpus.path)
+    if not path.exists():
+        raise ConfigError(f"corpus.path: {path} does not exist. Point it at a jsonl, csv, "
+                          "parquet or text file, a folder of them, or a saved dataset.")
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if corpus.split not in loaded:
+                raise ConfigError(f"{path}: no split '{corpus.split}' (splits: "
+                                  f"{', '.join(loaded)}). Set corpus.split.")
+            loaded = loaded[corpus.split]
+        return loaded
+    files = sorted(p for p in path.iterdir() if p.suffix in BUILDERS) if path.is_dir() else [path]
+    kinds = {BUILDERS.get(p.suffix) for p in files}
+    if not files or None in kinds or len(kinds) != 1:
+        raise ConfigError(f"corpus.path: cannot tell how to read {path}; use one kind of file "
+                          f"among {', '.join(BUILDERS)} or a saved `datasets` directory")
+    builder = kinds.pop()
+    options = {"delimiter": "\t"} if files[0].suffix == ".tsv" else {}
+    return datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train",
+                                 streaming=True, **options)
+
+
+def plan_corpus(cache: Cache, corpus: CorpusConfig, progress=None) -> Plan:
+    """Build (or find) the plan for this corpus and sharding in the cache."""
+    return build_plan(cache, load_rows(corpus), source=corpus.path, text_column=corpus.text_column,
+                      rows_per_shard=corpus.rows_per_shard, progress=progress)

@@ -1,0 +1,164 @@
+"""Run a classification / regression / relevance teacher over one shard of texts.
+
+Texts are tokenized once, sorted by length and batched so each batch pads only to its own
+longest text (the main speed-up over corpus-order batching on real, varied-length text);
+results are scattered back to plan order before anything is written.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from pipeline.config import TeacherConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ShardOutput:
+    """Per-row teacher outputs for one shard, in plan order."""
+
+    logits: np.ndarray                       # [rows, C] float32
+    truncated: np.ndarray                    # [rows] bool
+    mc_probs: np.ndarray | None = None       # [rows, C] mean probabilities over MC passes
+    mc_entropy: np.ndarray | None = None     # [rows] H(mean probs) / log C
+    mc_mutual_info: np.ndarray | None = None  # [rows] H(mean) - mean H, normalised like entropy
+    features: np.ndarray | list[np.ndarray] | None = None  # [rows, D] or rows x [len, D]
+    extra: dict = field(default_factory=dict)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities; a single score is a binary relevance logit (sigmoid)."""
+    if logits.shape[-1] == 1:
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=-1)
+    return torch.softmax(logits, dim=-1)
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+
+
+def projection_matrix(width: int, out: int, seed: int) -> np.ndarray:
+    """The fixed seeded random projection for features (numpy: identical on every platform)."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((width, out)) / np.sqrt(out)).astype(np.float32)
+
+
+class ClassificationRunner:
+    """One loaded teacher; `run` is thread-safe (MC dropout flips the model's mode)."""
+
+    def __init__(self, config: TeacherConfig, model_dir: Path):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.config = config
+        self.device = pick_device(config.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, local_files_only=True).to(self.device).eval()
+        self.num_labels = self.model.config.num_labels
+        self._lock = threading.Lock()
+        self._projection = None
+        if config.features and config.features.project_to:
+            width = self.model.config.hidden_size
+            self._projection = torch.from_numpy(projection_matrix(
+                width, config.features.project_to, config.features.seed)).to(self.device)
+
+    def run(self, texts: list[str], seed: int = 0,
+            on_rows: Callable[[int], None] | None = None) -> ShardOutput:
+        with self._lock:
+            return self._run(texts, seed, on_rows)
+
+    def _run(self, texts, seed, on_rows) -> ShardOutput:
+        cfg = self.config
+        encoded = self.tokenizer(texts, truncation=True, max_length=cfg.max_length)
+        truncated = np.array([bool(e.overflowing) for e in encoded.encodings])
+        lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+        order = np.argsort(-lengths, kind="stable")
+        outputs: dict[str, list] = {}
+        for b, start in enumerate(range(0, len(texts), cfg.batch_size)):
+            rows = order[start:start + cfg.batch_size]
+            batch = self.tokenizer.pad({k: [encoded[k][i] for i in rows] for k in encoded.keys()},
+                                       return_tensors="pt").to(self.device)
+            for name, value in self._forward(batch, seed * 1_000_003 + b).items():
+                outputs.setdefault(name, []).append(value)
+            if on_rows:
+                on_rows(len(rows))
+        return self._assemble(outputs, order, truncated)
+
+    def _autocast(self):
+        dtype = DTYPES[self.config.dtype]
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    @torch.inference_mode()
+    def _forward(self, batch, seed: int) -> dict:
+        cfg = self.config
+        want_features = cfg.features is not None
+        with self._autocast():
+            out = self.model(**batch, output_hidden_states=want_features)
+        result = {"logits": out.logits.float().cpu().numpy()}
+        if want_features:
+            result["features"] = self._features(out.hidden_states[cfg.features.layer].float(),
+                                                batch["attention_mask"])
+        if cfg.mc_dropout:
+            result.update(self._mc_dropout(batch, cfg.mc_dropout.passes, seed))
+        return result
+
+    def _features(self, hidden: torch.Tensor, mask: torch.Tensor):
+        if self._projection is not None:
+            hidden = hidden @ self._projection
+        if self.config.features.pooling == "mean":
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            return ((hidden * m).sum(1) / m.sum(1).clamp_min(1)).half().cpu().numpy()
+        lengths = mask.sum(1).tolist()
+        return [h[:n].half().cpu().numpy() for h, n in zip(hidden, lengths)]
+
+    def _mc_dropout(self, batch, passes: int, seed: int) -> dict:
+        """M stochastic passes with every dropout on (model.train(), incl. attention dropout),
+        normalisation layers with running statistics kept in eval (ecosystem.md section 5)."""
+        self.model.train()
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        try:
+            torch.manual_seed(seed)
+            probs = []
+            for _ in range(passes):
+                with self._autocast():
+                    probs.append(probabilities(self.model(**batch).logits.float()))
+        finally:
+            self.model.eval()
+        stacked = torch.stack(probs)                       # [M, B, C']
+        mean = stacked.mean(0)
+        log_c = np.log(mean.shape[-1])
+        h_mean = entropy(mean)
+        mutual_info = h_mean - entropy(stacked).mean(0)
+        if self.num_labels == 1:  # keep the score's own width: P(relevant)
+            mean = mean[:, 1:]
+        return {"mc_probs": mean.cpu().numpy(), "mc_entropy": (h_mean / log_c).cpu().numpy(),
+                "mc_mutual_info": (mutual_info / log_c).clamp_min(0).cpu().numpy()}
+
+    @staticmethod
+    def _assemble(outputs: dict[str, list], order: np.ndarray, truncated: np.ndarray) -> ShardOutput:
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        fields = {}
+        for name, parts in outputs.items():
+            if name == "features" and isinstance(parts[0], list):
+                flat = [block for part in parts for block in part]
+                fields[name] = [flat[i] for i in inverse]
+            else:
+                fields[name] = np.concatenate(parts)[inverse]
+        return ShardOutput(truncated=truncated, **fields)

@@ -1,0 +1,82 @@
+"""Who a teacher is: its files' fingerprint, the settings that shape its output, its cache id.
+
+The id is computed from files and config alone, without loading weights, so a finished cache
+is recognised (and skipped) without any teacher work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError, TeacherConfig
+from storage import FORMAT_VERSION
+from storage.fs import sha256_local
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass(frozen=True)
+class TeacherIdentity:
+    teacher_id: str
+    model_dir: Path
+    fingerprint: dict[str, str]
+    settings: dict[str, Any]
+
+
+def resolve_model_dir(model: str, where: str) -> Path:
+    """A local model folder, or a hub id already in the local Hugging Face cache."""
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"{where}: {path} has no config.json; point it at a folder "
+                              "written by save_pretrained")
+        return path
+    if path.is_absolute() or model.startswith(".") or model.count("/") > 1:
+        raise ConfigError(f"{where}: model path {model} does not exist; point it at a folder "
+                          "written by save_pretrained")
+    from huggingface_hub import snapshot_download
+
+    try:  # never downloads: teachers must already be on this machine
+        return Path(snapshot_download(model, local_files_only=True))
+    except Exception as e:
+        raise ConfigError(f"{where}: model {model} is neither a local folder nor in the local "
+                          f"Hugging Face cache ({type(e).__name__}). Download it beforehand or "
+                          "use a local path.") from None
+
+
+def fingerprint(model_dir: Path) -> dict[str, str]:
+    """Hashes of the weights, the config and the tokenizer files (whatever changes outputs)."""
+    def digest(files: list[Path]) -> str:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0" + sha256_local(f).encode())
+        return h.hexdigest()
+
+    weights = sorted(p for p in model_dir.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    if not weights:
+        raise ConfigError(f"{model_dir}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+    tokenizer = sorted(p for p in model_dir.iterdir() if p.name in TOKENIZER_FILES)
+    return {"weights_sha256": digest(weights), "config_sha256": digest([model_dir / "config.json"]),
+            "tokenizer_sha256": digest(tokenizer)}
+
+
+def output_settings(config: TeacherConfig) -> dict[str, Any]:
+    """The settings that determine the cached values (batch size and device do not)."""
+    return config.model_dump(include={"kind", "max_length", "dtype", "logits_dtype",
+                                      "on_nonfinite", "mc_dropout", "features"})
+
+
+def identify(config: TeacherConfig, plan_id: str, where: str) -> TeacherIdentity:
+    model_dir = resolve_model_dir(config.model, where)
+    prints = fingerprint(model_dir)
+    settings = output_settings(config)
+    key = json.dumps({"format": FORMAT_VERSION, "plan": plan_id, "fingerprint": prints,
+                      "settings": settings}, sort_keys=True)
+    teacher_id = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return TeacherIdentity(teacher_id, model_dir, prints, settings)

@@ -1,0 +1,91 @@
+"""Where the cache lives: a local path or any fsspec URL, and atomic publishing there.
+
+A file in the cache exists only once it is complete. Locally we write a temporary file in the
+destination folder and `os.replace` it (atomic on POSIX); on object stores a single PUT becomes
+visible whole, so we write locally and upload. Either way a reader never sees half a file, and
+two racing writers of the same name leave one complete file, never a mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from fsspec import AbstractFileSystem
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+TMP_SUFFIX = ".tmp"
+
+
+def resolve(location: str | os.PathLike) -> tuple[AbstractFileSystem, str]:
+    """Split a cache location into its filesystem and root path (no trailing slash)."""
+    fs, root = url_to_fs(str(location))
+    return fs, root.rstrip("/") or "/"
+
+
+def join(*parts: str) -> str:
+    return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts))
+
+
+def is_local(fs: AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+@contextmanager
+def staged_file(fs: AbstractFileSystem, dest: str) -> Iterator[Path]:
+    """Yield a local path to write; on clean exit it is published at `dest` atomically.
+
+    On error (or a kill) only a `*.tmp` file is left behind, which no reader ever opens.
+    """
+    if is_local(fs):
+        fs.makedirs(os.path.dirname(dest), exist_ok=True)
+        tmp = Path(f"{dest}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}")
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="distill-") as d:
+            tmp = Path(d) / os.path.basename(dest)
+            yield tmp
+            fs.put_file(str(tmp), dest)
+
+
+def publish_bytes(fs: AbstractFileSystem, dest: str, data: bytes) -> None:
+    with staged_file(fs, dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def sha256_file(fs: AbstractFileSystem, path: str, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_local(path: Path, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def remove_stale_temps(fs: AbstractFileSystem, folder: str) -> int:
+    """Delete `*.tmp` leftovers of killed writers in `folder`; returns how many."""
+    if not fs.exists(folder):
+        return 0
+    stale = [p for p in fs.ls(folder, detail=False) if p.endswith(TMP_SUFFIX)]
+    for p in stale:
+        fs.rm_file(p)
+    return len(stale)

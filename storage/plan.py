@@ -1,0 +1,115 @@
+"""Build and store a corpus plan: sample ids, fixed shard boundaries, text shards.
+
+The plan keeps the text of every sample in its own Arrow shards (`text-NNNNN.arrow`: sample_id,
+row, text), so teacher runs and training never need the original corpus files. Rows that
+cannot be a sample (empty, or not a string) are skipped here, once, and counted in plan.json,
+so every teacher sees exactly the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+
+from storage import FORMAT_VERSION
+from storage.fs import join, publish_bytes
+from storage.ids import sample_id
+from storage.records import Plan, ShardEntry, SkippedRows
+from storage.shards import write_table
+
+TEXT_SCHEMA = pa.schema([("sample_id", pa.int64()), ("row", pa.int64()), ("text", pa.string())])
+_MAX_EXAMPLES = 20
+
+
+def text_file(index: int) -> str:
+    return f"text-{index:05d}.arrow"
+
+
+def build_plan(cache, rows: Iterable[tuple[int, object]], *, source: str, text_column: str,
+               rows_per_shard: int, progress=None) -> Plan:
+    """Stream (row number, value) pairs into a plan stored under `corpora/<plan-id>/`.
+
+    One pass: text shards are staged locally while the fingerprint is computed (the plan id is
+    only known at the end), then published; an already-stored identical plan is reused as is.
+    """
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be at least 1, got {rows_per_shard}")
+    skipped = SkippedRows()
+    fingerprint = hashlib.sha256()
+    with tempfile.TemporaryDirectory(prefix="distill-plan-") as staging:
+        local = _LocalShards(Path(staging), rows_per_shard)
+        for row, value in rows:
+            reason = _skip_reason(value)
+            if reason:
+                setattr(skipped, reason, getattr(skipped, reason) + 1)
+                examples = skipped.examples.setdefault(reason, [])
+                if len(examples) < _MAX_EXAMPLES:
+                    examples.append(row)
+                continue
+            fingerprint.update(value.encode("utf-8") + b"\0")
+            local.add(row, value)
+            if progress:
+                progress(1)
+        local.flush()
+        if not local.rows:
+            raise ValueError(f"{source}: no usable text in column '{text_column}' "
+                             f"({skipped.empty} empty, {skipped.non_string} non-string rows)")
+        fingerprint = fingerprint.hexdigest()
+        plan_key = f"v{FORMAT_VERSION}|{fingerprint}|{rows_per_shard}"
+        plan_id = hashlib.sha256(plan_key.encode()).hexdigest()[:16]
+        existing = cache.find_plan(plan_id)
+        if existing is not None:
+            return existing
+        folder = cache.plan_dir(plan_id)
+        shards = []
+        for index, (path, first_row) in enumerate(local.files):
+            table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
+            written = write_table(cache.fs, join(folder, text_file(index)), table)
+            shards.append(ShardEntry(index=index, file=text_file(index), rows=written.rows,
+                                     bytes=written.bytes, sha256=written.sha256,
+                                     first_row=first_row))
+    plan = Plan(plan_id=plan_id, format_version=FORMAT_VERSION, source=source,
+                text_column=text_column, fingerprint=fingerprint,
+                rows_per_shard=rows_per_shard, rows=local.rows, skipped=skipped, shards=shards)
+    publish_bytes(cache.fs, join(folder, "plan.json"), plan.to_json())  # last: marks it done
+    return plan
+
+
+def _skip_reason(value: object) -> str | None:
+    if not isinstance(value, str):
+        return "non_string"
+    if not value.strip():
+        return "empty"
+    return None
+
+
+class _LocalShards:
+    """Accumulates text rows and writes a staged shard every `rows_per_shard` rows."""
+
+    def __init__(self, folder: Path, rows_per_shard: int):
+        self.folder, self.rows_per_shard = folder, rows_per_shard
+        self.files: list[tuple[Path, int]] = []
+        self.rows = 0
+        self._ids, self._rows, self._texts = [], [], []
+
+    def add(self, row: int, text: str) -> None:
+        self._ids.append(sample_id(text))
+        self._rows.append(row)
+        self._texts.append(text)
+        self.rows += 1
+        if len(self._texts) == self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._texts:
+            return
+        table = pa.table([self._ids, self._rows, self._texts], schema=TEXT_SCHEMA)
+        path = self.folder / text_file(len(self.files))
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, TEXT_SCHEMA) as w:
+            w.write_table(table)
+        self.files.append((path, self._rows[0]))
+        self._ids, self._rows, self._texts = [], [], []

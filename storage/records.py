@@ -1,0 +1,89 @@
+"""The JSON records of a cache: corpus plans, teacher manifests and shard entries.
+
+They are pydantic models so a damaged or foreign JSON file fails with the file name and the
+field, not with a KeyError deep in a reader.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def to_json(self) -> bytes:
+        return (self.model_dump_json(indent=2) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str, source: str):
+        try:
+            return cls.model_validate(json.loads(data))
+        except (ValueError, ValidationError) as e:
+            raise CacheError(f"{source}: not a valid {cls.__name__} ({e}). "
+                             "Delete it and re-run `distill cache` to rebuild it.") from e
+
+
+class CacheError(RuntimeError):
+    """Anything wrong with a cache; the message names the file and what to do."""
+
+
+class ShardEntry(Record):
+    """One published shard. For teachers, `truncated`/`nonfinite` count rows of note."""
+
+    index: int
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+    first_row: int = 0
+    truncated: int = 0
+    nonfinite: int = 0
+
+
+class SkippedRows(Record):
+    """Corpus rows left out of a plan, by reason; `examples` keeps the first few row numbers."""
+
+    empty: int = 0
+    non_string: int = 0
+    examples: dict[str, list[int]] = {}
+
+    @property
+    def total(self) -> int:
+        return self.empty + self.non_string
+
+
+class Plan(Record):
+    """Fixed shard boundaries and row order over one corpus; every teacher follows it."""
+
+    plan_id: str
+    format_version: int
+    source: str
+    text_column: str
+    fingerprint: str
+    rows_per_shard: int
+    rows: int
+    skipped: SkippedRows
+    shards: list[ShardEntry]
+
+
+class TeacherManifest(Record):
+    """What a teacher cache holds and everything that produced it.
+
+    `shards` is filled when the cache is finalized; while a run is in progress, published
+    shards are the `shard-NNNNN.json` entries next to their `.arrow` files.
+    """
+
+    teacher_id: str
+    name: str
+    plan_id: str
+    format_version: int
+    code_version: str
+    fingerprint: dict[str, str]
+    settings: dict[str, Any]
+    columns: dict[str, str]
+    shards: list[ShardEntry] = []
+    complete: bool = False

@@ -1,0 +1,55 @@
+"""Arrow IPC shard files: write once (atomically), read memory-mapped.
+
+We write the IPC *stream* format with an `.arrow` suffix: it is what
+`datasets.Dataset.from_file` memory-maps (zero copy), and plain pyarrow
+(`pa.ipc.open_stream`), Polars (`pl.read_ipc_stream`) and DuckDB (over the pyarrow table) read
+it too. `pyarrow.dataset` reads only the IPC *file* format, so we prune by manifest instead
+(shared/research/ecosystem.md sections 2-3). Uncompressed: dense logits and features barely
+compress, and uncompressed IPC is read zero-copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+from fsspec import AbstractFileSystem
+
+from storage.fs import is_local, sha256_local, staged_file
+
+# One record batch per this many rows: big enough that per-batch metadata is noise in the
+# file size, small enough that readers can stream a shard.
+BATCH_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    rows: int
+    bytes: int
+    sha256: str
+
+
+def write_table(fs: AbstractFileSystem, dest: str, table: pa.Table) -> WrittenFile:
+    """Write `table` as an IPC stream at `dest`, atomically; return its size and checksum."""
+    with staged_file(fs, dest) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=BATCH_ROWS)
+        written = WrittenFile(table.num_rows, tmp.stat().st_size, sha256_local(tmp))
+    return written
+
+
+def read_table(fs: AbstractFileSystem, path: str) -> pa.Table:
+    """Read a shard: memory-mapped locally (zero copy), fully buffered from object stores."""
+    if is_local(fs):
+        source = pa.memory_map(path, "r")
+    else:
+        with fs.open(path, "rb") as f:
+            source = pa.BufferReader(f.read())
+    with pa.ipc.open_stream(source) as reader:
+        return reader.read_all()
+
+
+def read_schema(fs: AbstractFileSystem, path: str) -> pa.Schema:
+    source = pa.memory_map(path, "r") if is_local(fs) else pa.BufferReader(fs.cat_file(path))
+    with pa.ipc.open_stream(source) as reader:
+        return reader.schema

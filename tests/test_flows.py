@@ -1,0 +1,163 @@
+"""Real Prefect flow runs (embedded local mode) over tiny teachers: the cache's promises."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import tiny
+from flows.caching import cache_teacher, cache_teachers
+from pipeline.caching import NonFiniteOutput
+from pipeline.config import ConfigError
+from storage.cache import Cache
+from storage.inspect import inspect_cache
+
+pytestmark = pytest.mark.usefixtures("prefect")
+
+
+def _shards(cache_dir: Path, teacher_id: str) -> dict[str, tuple[bytes, int]]:
+    folder = cache_dir / "teachers" / teacher_id
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.glob("shard-*"))}
+
+
+def _all_ids(cache: Cache, teacher_id: str) -> list[int]:
+    return [i for idx in sorted(cache.published_shards(teacher_id))
+            for i in cache.read_shard(teacher_id, idx).column("sample_id").to_pylist()]
+
+
+def _plan_ids(cache: Cache, plan_id: str) -> list[int]:
+    plan = cache.load_plan(plan_id)
+    return [i for k in range(len(plan.shards))
+            for i in cache.read_text_shard(plan, k).column("sample_id").to_pylist()]
+
+
+def test_cache_teachers_writes_aligned_complete_caches(project):
+    summaries = cache_teachers(str(project.config()), max_parallel=2)
+    assert [s["computed"] for s in summaries] == [3, 3]
+    cache = Cache(project.cache)
+    plan_ids = _plan_ids(cache, summaries[0]["plan_id"])
+    assert len(plan_ids) == 120
+    for s in summaries:
+        manifest = cache.load_manifest(s["teacher_id"])
+        assert manifest.complete and [e.rows for e in manifest.shards] == [50, 50, 20]
+        assert manifest.fingerprint["weights_sha256"] and manifest.settings["max_length"] == 16
+        assert _all_ids(cache, s["teacher_id"]) == plan_ids  # every row once, in plan order
+        meta = json.loads(cache.read_shard(s["teacher_id"], 0).schema.metadata[b"distill"])
+        assert meta["teacher_id"] == s["teacher_id"] and meta["plan_id"] == s["plan_id"]
+    report = inspect_cache(cache)
+    assert [t["complete"] for t in report["teachers"]] == [True, True]
+    assert 0 <= report["agreement"][0]["agreement"] <= 1 and report["agreement"][0]["rows"] == 120
+
+
+def test_rerun_of_a_finished_cache_does_no_teacher_work(project):
+    config = project.config()
+    first = cache_teacher(str(config), "a")
+    before = _shards(project.cache, first["teacher_id"])
+    second = cache_teacher(str(config), "a")
+    assert second["computed"] == 0 and second["teacher_id"] == first["teacher_id"]
+    assert _shards(project.cache, first["teacher_id"]) == before  # same bytes, untouched files
+
+
+def test_truncated_or_corrupt_shards_are_recomputed(project):
+    config = project.config()
+    tid = cache_teacher(str(config), "a")["teacher_id"]
+    before = _shards(project.cache, tid)
+    folder = project.cache / "teachers" / tid
+    data = (folder / "shard-00001.arrow").read_bytes()
+    (folder / "shard-00001.arrow").write_bytes(data[:-100])            # truncated
+    corrupt = bytearray((folder / "shard-00002.arrow").read_bytes())
+    corrupt[-64] ^= 0x5A
+    (folder / "shard-00002.arrow").write_bytes(bytes(corrupt))          # same size, bad bytes
+    again = cache_teacher(str(config), "a")
+    assert again["computed"] == 2 and again["recomputed"] == 2
+    after = _shards(project.cache, tid)
+    assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
+    assert after["shard-00000.arrow"][1] == before["shard-00000.arrow"][1]  # shard 0 untouched
+
+
+def test_new_weights_or_settings_give_a_new_teacher_id(project):
+    base = cache_teacher(str(project.config()), "a")
+    tiny.classifier(project.root / "teacher-a", seed=99)  # retrained in place
+    retrained = cache_teacher(str(project.config()), "a")
+    longer = cache_teacher(str(project.config("long.yaml", teachers=[
+        {"name": "a", "model": "teacher-a", "max_length": 32}])), "a")
+    ids = {base["teacher_id"], retrained["teacher_id"], longer["teacher_id"]}
+    assert len(ids) == 3 and retrained["computed"] == 3
+    cache = Cache(project.cache)
+    old = cache.read_shard(base["teacher_id"], 0).column("logits")
+    new = cache.read_shard(retrained["teacher_id"], 0).column("logits")
+    assert not old.equals(new)  # outputs never mixed: the old cache is still the old model's
+    assert cache.load_manifest(base["teacher_id"]).complete
+
+
+def test_nan_teacher_is_refused_with_a_clear_error_and_nothing_lost(project):
+    tiny.classifier(project.root / "teacher-a", nan=True)
+    with pytest.raises(NonFiniteOutput, match=r"teacher 'a' .*NaN/inf for 50 rows of shard 0.*on_nonfinite"):
+        cache_teacher(str(project.config()), "a")
+    config = project.config(teachers=[{"name": "a", "model": "teacher-a", "on_nonfinite": "skip"}])
+    summary = cache_teacher(str(config), "a")
+    reports = {t["teacher_id"]: t for t in inspect_cache(Cache(project.cache))["teachers"]}
+    assert reports[summary["teacher_id"]]["nonfinite_rows"] == 120
+    assert reports[summary["teacher_id"]]["rows"] == 120 and len(reports) == 2
+    failed = next(t for tid, t in reports.items() if tid != summary["teacher_id"])
+    assert not failed["complete"] and failed["rows"] == 0  # the refused run is visible as such
+    logits = Cache(project.cache).read_shard(summary["teacher_id"], 0).column("logits")
+    assert logits.null_count == 50
+
+
+def test_bad_config_and_missing_model_are_clear_errors(project):
+    with pytest.raises(ConfigError, match=r"teachers\.0\.dropout: unknown key"):
+        cache_teachers(str(project.config(teachers=[{"name": "a", "model": "teacher-a", "dropout": 1}])))
+    with pytest.raises(ConfigError, match=r"teachers\[a\]\.model: model path .*nowhere does not exist"):
+        cache_teachers(str(project.config(teachers=[{"name": "a", "model": "./nowhere"}])))
+    with pytest.raises(ConfigError, match="no teacher named 'zzz'"):
+        cache_teachers(str(project.config()), teachers=["zzz"])
+
+
+def test_long_texts_are_truncated_and_counted(project):
+    tiny.write_jsonl(project.corpus, [{"text": " ".join(["cat"] * n)} for n in (3, 40, 5, 60)])
+    summary = cache_teacher(str(project.config()), "a")
+    manifest = Cache(project.cache).load_manifest(summary["teacher_id"])
+    assert manifest.shards[0].truncated == 2
+    shard = Cache(project.cache).read_shard(summary["teacher_id"], 0)
+    assert shard.column("truncated").to_pylist() == [False, True, False, True]
+    assert inspect_cache(Cache(project.cache))["teachers"][0]["truncated_rows"] == 2
+
+
+@pytest.mark.slow
+def test_sigkill_mid_shard_then_resume_gives_every_row_exactly_once(project, tmp_path):
+    tiny.write_jsonl(project.corpus, [{"text": t} for t in tiny.sentences(600, seed=8)])
+    config = project.config(corpus={"path": "corpus.jsonl", "rows_per_shard": 150}, teachers=[
+        {"name": "a", "model": "teacher-a", "batch_size": 4, "mc_dropout": {"passes": 24}}])
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "flows.cli", "cache", str(config)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    teachers = project.cache / "teachers"
+    deadline = time.time() + 120
+    while not list(teachers.glob("*/shard-00000.json")):
+        assert proc.poll() is None and time.time() < deadline, "caching never published shard 0"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    folder = next(teachers.iterdir())
+    published = {p.name: p.read_bytes() for p in folder.glob("shard-*.arrow")}
+    assert 1 <= len(published) < 4  # killed part-way
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    cache = Cache(project.cache)
+    manifest = cache.load_manifest(folder.name)
+    assert manifest.complete and len(manifest.shards) == 4
+    assert _all_ids(cache, folder.name) == _plan_ids(cache, manifest.plan_id)
+    for name, data in published.items():
+        assert (folder / name).read_bytes() == data  # published shards byte-identical
+    assert not list(folder.glob("*.tmp"))
+    table = pa.concat_tables(cache.read_shard(folder.name, i) for i in range(4))
+    assert table.num_rows == 600
+    assert np.isfinite(np.stack(table.column("mc_probs").to_numpy(zero_copy_only=False))).all()

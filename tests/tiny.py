@@ -1,0 +1,56 @@
+"""Tiny real Hugging Face models and corpora built from configs: nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+WORDS = ("the a cat dog bird fish tree flower red green blue big small runs eats sleeps "
+         "fast slow water food house car city river stone sun moon star").split()
+
+
+def tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    from tokenizers.processors import TemplateProcessing
+    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[
+        ("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+
+
+def classifier(path: Path, num_labels: int = 4, seed: int = 0, layers: int = 2,
+               dropout: float = 0.1, nan: bool = False) -> Path:
+    """Save a tiny BERT classifier (random weights from `seed`) with its tokenizer."""
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                        num_labels=num_labels, hidden_dropout_prob=dropout, initializer_range=0.3,
+                        attention_probs_dropout_prob=dropout,
+                        id2label={i: f"class{i}" for i in range(num_labels)},
+                        label2id={f"class{i}": i for i in range(num_labels)})
+    model = BertForSequenceClassification(config)
+    if nan:
+        with torch.no_grad():
+            model.classifier.bias.fill_(float("nan"))
+    model.save_pretrained(path)
+    tokenizer().save_pretrained(path)
+    return path
+
+
+def sentences(n: int, seed: int = 0, min_words: int = 2, max_words: int = 12) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(min_words, max_words)))
+            for _ in range(n)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
