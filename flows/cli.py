@@ -13,7 +13,6 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Offline teacher caches and label-free ensemble distillation.")
@@ -45,6 +44,7 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
     _quiet_libraries(verbose)
     from flows.caching import cache_teachers
     from flows.progress import RichReporter, reporting
+    from flows.tables import print_cache_summary
     from pipeline.caching import NonFiniteOutput
     from pipeline.config import ConfigError, load_config
     from storage.records import CacheError
@@ -55,12 +55,7 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
             summaries = cache_teachers(loaded, teachers=teacher, max_parallel=parallel, verify=verify)
     except (ConfigError, CacheError, NonFiniteOutput) as e:
         _fail(str(e))
-    table = Table("teacher", "teacher id", "rows", "shards", "computed", "recomputed", "MiB",
-                  title=f"cache {loaded.cache}")
-    for s in summaries:
-        table.add_row(s["teacher"], s["teacher_id"], f"{s['rows']:,}", str(s["shards"]),
-                      str(s["computed"]), str(s["recomputed"]), f"{s['bytes'] / 2**20:.2f}")
-    console.print(table)
+    print_cache_summary(summaries, loaded.cache, console)
 
 
 @app.command()
@@ -69,6 +64,7 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
             verify: bool = typer.Option(False, help="also check every shard's checksum"),
             as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """What is in a cache: rows, shards, bytes, completeness, confidence, agreement."""
+    from flows.tables import print_report
     from storage.cache import Cache
     from storage.inspect import inspect_cache
     from storage.records import CacheError
@@ -83,38 +79,7 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    _print_report(report)
-
-
-def _fmt(value, spec=".3f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _print_report(report: dict) -> None:
-    plans = Table("plan", "source", "rows", "shards", "skipped empty", "skipped non-string",
-                  title=f"cache {report['cache']}")
-    for p in report["plans"]:
-        plans.add_row(p["plan_id"], p["source"], f"{p['rows']:,}", str(p["shards"]),
-                      str(p["skipped_empty"]), str(p["skipped_non_string"]))
-    console.print(plans)
-    teachers = Table("teacher", "id", "plan", "rows", "shards", "MiB", "complete", "truncated",
-                     "non-finite", "entropy", "margin", "MC entropy")
-    for t in report["teachers"]:
-        teachers.add_row(t["name"], t["teacher_id"], t["plan_id"], f"{t['rows']:,}",
-                         f"{t['shards']}/{t['plan_shards']}", f"{t['bytes'] / 2**20:.2f}",
-                         "yes" if t["complete"] else "[red]no[/]", str(t["truncated_rows"]),
-                         str(t["nonfinite_rows"]), _fmt(t["mean_entropy"]), _fmt(t["mean_margin"]),
-                         _fmt(t.get("mean_mc_entropy")))
-    console.print(teachers)
-    for t in report["teachers"]:
-        for problem in t["problems"]:
-            console.print(f"[yellow]problem[/] {t['name']}: {problem}")
-    if report["agreement"]:
-        agree = Table("teacher", "teacher", "rows", "argmax agreement", title="pairwise agreement")
-        for a in report["agreement"]:
-            agree.add_row(a["a"], a["b"], f"{a['rows']:,}", _fmt(a["agreement"]) + (
-                f" ({a['note']})" if a.get("note") else ""))
-        console.print(agree)
+    print_report(report, console)
 
 
 @app.command()

@@ -36,11 +36,19 @@ class Cache:
     def plan_dir(self, plan_id: str) -> str:
         return join(self.root, "corpora", plan_id)
 
+    def _read(self, path: str, record: type):
+        return record.from_json(self.fs.cat_file(path), path) if self.fs.exists(path) else None
+
+    def _ids_with(self, folder: str, marker: str) -> list[str]:
+        """Names of the sub-folders of `folder` that hold `marker` (i.e. that are finished)."""
+        folder = join(self.root, folder)
+        if not self.fs.exists(folder):
+            return []
+        return sorted(os.path.basename(p) for p in self.fs.ls(folder, detail=False)
+                      if self.fs.exists(join(p, marker)))
+
     def find_plan(self, plan_id: str) -> Plan | None:
-        path = join(self.plan_dir(plan_id), "plan.json")
-        if not self.fs.exists(path):
-            return None
-        return Plan.from_json(self.fs.cat_file(path), path)
+        return self._read(join(self.plan_dir(plan_id), "plan.json"), Plan)
 
     def load_plan(self, plan_id: str) -> Plan:
         plan = self.find_plan(plan_id)
@@ -50,11 +58,7 @@ class Cache:
         return plan
 
     def plan_ids(self) -> list[str]:
-        folder = join(self.root, "corpora")
-        if not self.fs.exists(folder):
-            return []
-        return sorted(os.path.basename(p) for p in self.fs.ls(folder, detail=False)
-                      if self.fs.exists(join(p, "plan.json")))
+        return self._ids_with("corpora", "plan.json")
 
     def read_text_shard(self, plan: Plan, index: int) -> pa.Table:
         return read_table(self.fs, join(self.plan_dir(plan.plan_id), plan.shards[index].file))
@@ -65,17 +69,10 @@ class Cache:
         return join(self.root, "teachers", teacher_id)
 
     def teacher_ids(self) -> list[str]:
-        folder = join(self.root, "teachers")
-        if not self.fs.exists(folder):
-            return []
-        return sorted(os.path.basename(p) for p in self.fs.ls(folder, detail=False)
-                      if self.fs.exists(join(p, "manifest.json")))
+        return self._ids_with("teachers", "manifest.json")
 
     def find_manifest(self, teacher_id: str) -> TeacherManifest | None:
-        path = join(self.teacher_dir(teacher_id), "manifest.json")
-        if not self.fs.exists(path):
-            return None
-        return TeacherManifest.from_json(self.fs.cat_file(path), path)
+        return self._read(join(self.teacher_dir(teacher_id), "manifest.json"), TeacherManifest)
 
     def load_manifest(self, teacher_id: str) -> TeacherManifest:
         manifest = self.find_manifest(teacher_id)

@@ -139,13 +139,15 @@ def test_sigkill_mid_shard_then_resume_gives_every_row_exactly_once(project, tmp
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     env.pop("PREFECT_API_URL", None)
     cmd = [sys.executable, "-m", "flows.cli", "cache", str(config)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own process group, so the kill also takes Prefect's embedded server with it.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     teachers = project.cache / "teachers"
     deadline = time.time() + 120
     while not list(teachers.glob("*/shard-00000.json")):
         assert proc.poll() is None and time.time() < deadline, "caching never published shard 0"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     folder = next(teachers.iterdir())
     published = {p.name: p.read_bytes() for p in folder.glob("shard-*.arrow")}
@@ -161,3 +163,18 @@ def test_sigkill_mid_shard_then_resume_gives_every_row_exactly_once(project, tmp
     table = pa.concat_tables(cache.read_shard(folder.name, i) for i in range(4))
     assert table.num_rows == 600
     assert np.isfinite(np.stack(table.column("mc_probs").to_numpy(zero_copy_only=False))).all()
+
+
+def test_cache_on_an_fsspec_url(project):
+    """Any fsspec URL works as a cache root; memory:// goes through the upload path."""
+    config = project.config(cache="memory://distill-test/cache")
+    summary = cache_teacher(str(config), "a")
+    cache = Cache("memory://distill-test/cache")
+    assert cache.load_manifest(summary["teacher_id"]).complete
+    assert _all_ids(cache, summary["teacher_id"]) == _plan_ids(cache, summary["plan_id"])
+    assert cache_teacher(str(config), "a")["computed"] == 0
+    entry = cache.published_shards(summary["teacher_id"])[1]
+    path = f"{cache.teacher_dir(summary['teacher_id'])}/{entry.file}"
+    cache.fs.pipe_file(path, cache.fs.cat_file(path)[:-10])
+    assert cache_teacher(str(config), "a")["recomputed"] == 1
+    assert inspect_cache(cache)["teachers"][0]["complete"]

@@ -1,0 +1,52 @@
+"""Shared benchmark plumbing: quiet hermetic environment, interleaved timing, result lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+RESULTS = Path(__file__).parent / "results"
+WORDNET = Path(__file__).resolve().parents[1] / "pipeline" / "demo_data" / "wordnet12"
+
+
+def hermetic_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="distill-bench-prefect-"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def interleaved(runs: dict[str, Callable[[], float | None]], repeats: int) -> dict[str, float]:
+    """Median wall time of each callable, measured in turns (A B A B ...) so machine noise
+    hits all of them alike. A callable may return its own time (to exclude its setup)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            own = fn()
+            times[name].append(own if own is not None else time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def report(name: str, value: float, target: str, results: dict) -> None:
+    print(f"{name}: {value:.3f} ({target})", flush=True)
+    results[name] = {"value": value, "target": target}
+
+
+def save(bench: str, results: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{bench}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {path}")
+    return path
+
+
+def wordnet_texts(split: str = "pool") -> list[str]:
+    with open(WORDNET / f"{split}.jsonl") as f:
+        return [json.loads(line)["text"] for line in f]

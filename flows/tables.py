@@ -1,0 +1,46 @@
+"""Rich tables for what the command line prints."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(value, spec=".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_report(report: dict, console: Console) -> None:
+    plans = Table("plan", "source", "rows", "shards", "skipped empty", "skipped non-string",
+                  title=f"cache {report['cache']}")
+    for p in report["plans"]:
+        plans.add_row(p["plan_id"], p["source"], f"{p['rows']:,}", str(p["shards"]),
+                      str(p["skipped_empty"]), str(p["skipped_non_string"]))
+    console.print(plans)
+    teachers = Table("teacher", "id", "plan", "rows", "shards", "MiB", "complete", "truncated",
+                     "non-finite", "entropy", "margin", "MC entropy")
+    for t in report["teachers"]:
+        teachers.add_row(t["name"], t["teacher_id"], t["plan_id"], f"{t['rows']:,}",
+                         f"{t['shards']}/{t['plan_shards']}", f"{t['bytes'] / 2**20:.2f}",
+                         "yes" if t["complete"] else "[red]no[/]", str(t["truncated_rows"]),
+                         str(t["nonfinite_rows"]), _fmt(t["mean_entropy"]), _fmt(t["mean_margin"]),
+                         _fmt(t.get("mean_mc_entropy")))
+    console.print(teachers)
+    for t in report["teachers"]:
+        for problem in t["problems"]:
+            console.print(f"[yellow]problem[/] {t['name']}: {problem}")
+    if report["agreement"]:
+        agree = Table("teacher", "teacher", "rows", "argmax agreement", title="pairwise agreement")
+        for a in report["agreement"]:
+            agree.add_row(a["a"], a["b"], f"{a['rows']:,}", _fmt(a["agreement"]) + (
+                f" ({a['note']})" if a.get("note") else ""))
+        console.print(agree)
+
+
+def print_cache_summary(summaries: list[dict], cache: str, console: Console) -> None:
+    table = Table("teacher", "teacher id", "rows", "shards", "computed", "recomputed", "MiB",
+                  title=f"cache {cache}")
+    for s in summaries:
+        table.add_row(s["teacher"], s["teacher_id"], f"{s['rows']:,}", str(s["shards"]),
+                      str(s["computed"]), str(s["recomputed"]), f"{s['bytes'] / 2**20:.2f}")
+    console.print(table)

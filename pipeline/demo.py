@@ -1,0 +1,56 @@
+"""The demo's data and teachers: the WordNet-12 sample kept in the repo and three MiniLM-L6
+teachers fine-tuned from it once (users bring their own teachers; the demo must make some).
+
+Each teacher sees a different two-thirds of the labelled documents of every class and its own
+seed, so the three disagree the way independently trained teachers do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from pipeline.finetune import finetune_classifier, minilm_path
+
+DATA = Path(__file__).parent / "demo_data" / "wordnet12"
+TEACHERS = ("a", "b", "c")
+EPOCHS, LR, MAX_LENGTH, BATCH = 3, 1e-4, 64, 32
+
+
+def labels() -> list[str]:
+    return json.loads((DATA / "labels.json").read_text())
+
+
+def read_split(split: str) -> list[dict]:
+    """`teacher_train`, `pool` (the unlabelled corpus; labels only for evaluation) or `test`."""
+    with open(DATA / f"{split}.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def teacher_slice(k: int, n_teachers: int = len(TEACHERS)) -> list[dict]:
+    """Teacher k's training documents: per class, all but every n-th document from offset k."""
+    seen: dict[str, int] = {}
+    out = []
+    for doc in read_split("teacher_train"):
+        i = seen[doc["label"]] = seen.get(doc["label"], -1) + 1
+        if i % n_teachers != k:
+            out.append(doc)
+    return out
+
+
+def ensure_teachers(folder: Path, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Path]:
+    """Fine-tune the demo teachers that are not in `folder` yet; reuse the others."""
+    names = labels()
+    paths = {}
+    for k, name in enumerate(TEACHERS):
+        out = folder / f"teacher-{name}"
+        if not (out / "config.json").exists():
+            docs = teacher_slice(k)
+            report = (lambda step, total, loss, n=name: progress(n, step, total)) if progress else None
+            finetune_classifier(minilm_path(), [d["text"] for d in docs],
+                                [names.index(d["label"]) for d in docs], names, out, seed=k,
+                                epochs=EPOCHS, lr=LR, max_length=MAX_LENGTH, batch_size=BATCH,
+                                progress=report)
+        paths[name] = out
+    return paths

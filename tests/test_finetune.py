@@ -1,0 +1,102 @@
+"""finetune_classifier on a tiny BERT built from a config: nothing is downloaded."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import random  # noqa: E402
+from collections import Counter  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from tokenizers.processors import TemplateProcessing  # noqa: E402
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,  # noqa: E402
+                          BertModel, PreTrainedTokenizerFast)
+
+from pipeline.finetune import finetune_classifier, noisy_labels  # noqa: E402
+
+ANIMALS = "cat dog bird fish horse cow".split()
+THINGS = "car house stone city bridge lamp".split()
+FILLER = "the a big small red green runs sleeps".split()
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@pytest.fixture
+def base(tmp_path):
+    """A tiny untrained BERT encoder (no head, like all-MiniLM) and its word-level tokenizer."""
+    vocab = {w: i for i, w in enumerate(SPECIAL + ANIMALS + THINGS + FILLER)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[
+        ("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=32)
+    path = tmp_path / "base"
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def toy_data(n: int, seed: int) -> tuple[list[str], list[int]]:
+    """Class 0 texts mention an animal, class 1 texts a thing, among random filler words."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(FILLER) for _ in range(rng.randint(1, 6))]
+        words.insert(rng.randint(0, len(words)), rng.choice(THINGS if label else ANIMALS))
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+def accuracy(model_dir, texts, labels) -> float:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    return (logits.argmax(-1) == torch.tensor(labels)).float().mean().item()
+
+
+def test_finetune_learns_toy_task_and_saves_a_loadable_model(base, tmp_path):
+    texts, labels = toy_data(96, seed=1)
+    losses = []
+    out = finetune_classifier(base, texts, labels, ["animal", "thing"], tmp_path / "teacher",
+                              seed=0, epochs=8, batch_size=16, lr=5e-3, max_length=16,
+                              progress=lambda step, total, loss: losses.append((step, total, loss)))
+
+    assert out == tmp_path / "teacher"
+    assert [s for s, _, _ in losses] == list(range(1, 49)) and losses[0][1] == 48
+    first, last = [sum(x for *_, x in part) / 6 for part in (losses[:6], losses[-6:])]
+    assert last < first / 2
+    config = AutoModelForSequenceClassification.from_pretrained(out).config
+    assert config.id2label == {0: "animal", 1: "thing"} and config.label2id["thing"] == 1
+    test_texts, test_labels = toy_data(64, seed=2)
+    assert accuracy(out, test_texts, test_labels) >= 0.9  # chance is 0.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "teacher"]  # no temp folders
+
+
+def test_finetune_replaces_an_existing_model(base, tmp_path):
+    out = tmp_path / "teacher"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older run")
+    texts, labels = toy_data(16, seed=3)
+    finetune_classifier(base, texts, labels, ["animal", "thing"], out, seed=0, epochs=1,
+                        batch_size=8)
+    assert not (out / "stale.txt").exists() and (out / "config.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "teacher"]
+
+
+def test_label_noise_is_seeded_and_keeps_class_counts():
+    labels = [i % 4 for i in range(200)]
+    noisy = noisy_labels(labels, 0.4, seed=7)
+    assert noisy == noisy_labels(labels, 0.4, seed=7)
+    assert noisy != noisy_labels(labels, 0.4, seed=8)
+    assert Counter(noisy) == Counter(labels)
+    changed = sum(a != b for a, b in zip(labels, noisy))
+    assert 0.2 * len(labels) < changed <= 0.4 * len(labels)
+    assert noisy_labels(labels, 0.0, seed=7) == labels
