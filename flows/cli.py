@@ -59,6 +59,36 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
 
 
 @app.command()
+def train(config: Path = typer.Argument(..., help="the YAML config"),
+          method: Optional[str] = typer.Option(None, "--method", "-m", help="overrides train.method"),
+          resume: bool = typer.Option(False, help="continue from the latest checkpoint"),
+          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Train the student from the teacher caches (label-free ensemble distillation)."""
+    _quiet_libraries(verbose)
+    from flows.progress import RichReporter, reporting
+    from flows.tables import print_train_summary
+    from pipeline.config import ConfigError, load_config
+    from storage.records import CacheError
+
+    try:
+        loaded = load_config(config)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Under `accelerate launch` / torchrun every rank runs the loop itself; Prefect
+            # would start one embedded server per rank, so the flow wrapper is skipped.
+            from pipeline.trainer import train as run_training
+
+            summary = run_training(loaded, method=method, resume=resume)
+        else:
+            from flows.training import train_student
+
+            with reporting(RichReporter(console)):
+                summary = train_student(loaded, method=method, resume=resume)
+    except (ConfigError, CacheError, ValueError) as e:
+        _fail(str(e))
+    print_train_summary(summary, console)
+
+
+@app.command()
 def inspect(cache: str = typer.Argument(..., help="cache location: a path or fsspec URL"),
             teacher: Optional[list[str]] = typer.Option(None, "--teacher", "-t"),
             verify: bool = typer.Option(False, help="also check every shard's checksum"),

@@ -19,37 +19,38 @@ from rich.text import Text
 class Reporter:
     """Does nothing; the default."""
 
-    def start(self, key: str, description: str, total: int) -> None: ...
+    def start(self, key: str, description: str, total: int | None, unit: str = "rows") -> None: ...
 
-    def advance(self, key: str, rows: int) -> None: ...
+    def advance(self, key: str, n: int) -> None: ...
 
 
-class _RowsPerSecond(ProgressColumn):
+class _Rate(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} rows/s" if speed else "- rows/s", style="cyan")
+        unit = task.fields.get("unit", "rows")
+        return Text(f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s", style="cyan")
 
 
 class RichReporter(Reporter):
-    """A rich progress bar per key: rows done, rows/s, elapsed time and ETA."""
+    """A rich progress bar per key: items done, items/s, elapsed time and ETA."""
 
     def __init__(self, console: Console | None = None):
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), _RowsPerSecond(), TimeElapsedColumn(),
+                                 MofNCompleteColumn(), _Rate(), TimeElapsedColumn(),
                                  TextColumn("ETA"), TimeRemainingColumn(), console=console)
         self._tasks: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def start(self, key: str, description: str, total: int) -> None:
+    def start(self, key: str, description: str, total: int | None, unit: str = "rows") -> None:
         with self._lock:
             if key in self._tasks:
-                self.progress.reset(self._tasks[key], total=total, description=description)
+                self.progress.reset(self._tasks[key], total=total, description=description, unit=unit)
             else:
-                self._tasks[key] = self.progress.add_task(description, total=total)
+                self._tasks[key] = self.progress.add_task(description, total=total, unit=unit)
 
-    def advance(self, key: str, rows: int) -> None:
+    def advance(self, key: str, n: int) -> None:
         if key in self._tasks:
-            self.progress.advance(self._tasks[key], rows)
+            self.progress.advance(self._tasks[key], n)
 
 
 _reporter: Reporter = Reporter()

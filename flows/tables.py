@@ -44,3 +44,10 @@ def print_cache_summary(summaries: list[dict], cache: str, console: Console) -> 
         table.add_row(s["teacher"], s["teacher_id"], f"{s['rows']:,}", str(s["shards"]),
                       str(s["computed"]), str(s["recomputed"]), f"{s['bytes'] / 2**20:.2f}")
     console.print(table)
+
+
+def print_train_summary(summary: dict, console: Console) -> None:
+    table = Table("method", "steps", "seconds", *summary.get("eval", {}).keys(), title="student")
+    table.add_row(summary["method"], str(summary["steps"]), f"{summary['train_seconds']:.1f}",
+                  *(_fmt(v) if isinstance(v, float) else str(v) for v in summary.get("eval", {}).values()))
+    console.print(table)

@@ -41,6 +41,13 @@ class FeaturesConfig(Strict):
     seed: int = 0
 
 
+class CalibrationConfig(Strict):
+    """Puts a teacher's logits on the ensemble's scale: logits * scale + bias."""
+
+    scale: float = 1.0
+    bias: float = 0.0
+
+
 class TeacherConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: str
@@ -53,19 +60,36 @@ class TeacherConfig(Strict):
     on_nonfinite: Literal["error", "skip"] = "error"
     mc_dropout: MCDropoutConfig | None = None
     features: FeaturesConfig | None = None
+    label_map: dict[str, str] = Field(default_factory=dict,
+                                      description="teacher class -> student class (training only)")
+    calibration: CalibrationConfig | None = None
 
 
 class StudentConfig(Strict):
-    model: str
-    num_labels: int | None = Field(None, ge=1)
+    model: str | None = Field(None, description="a checkpoint folder to start from")
+    from_teacher: str | None = Field(None, description="initialise by truncating this teacher")
+    layers: int | None = Field(None, ge=1, description="with from_teacher: layers to keep")
+    pick: Literal["first", "even"] = "even"
+    labels: list[str] | None = None
+    num_labels: int | None = Field(None, ge=1, description="checked against the label space")
+    max_length: int = Field(128, ge=2)
 
 
 class TrainConfig(Strict):
     method: str = "mean"
+    method_options: dict = Field(default_factory=dict)
     temperature: float = Field(2.0, gt=0)
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
+    grad_accumulation: int = Field(1, ge=1)
     lr: float = Field(5e-5, gt=0)
+    head_lr: float | None = Field(None, gt=0, description="learning rate of the new head")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    seed: int = 0
+    shuffle_buffer_shards: int = Field(2, ge=1)
+    checkpoint_every: int = Field(0, ge=0, description="steps; 0 = only at the end")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     output: str = "runs/student"
 
 
@@ -157,7 +181,7 @@ def _resolve_paths(config: DistillConfig, base: Path) -> DistillConfig:
     config.corpus.path = _resolve_path(config.corpus.path, base)
     for t in config.teachers:
         t.model = _resolve_model(t.model, base)
-    if config.student:
+    if config.student and config.student.model:
         config.student.model = _resolve_model(config.student.model, base)
     if config.train:
         config.train.output = str((base / config.train.output).resolve())

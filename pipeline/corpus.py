@@ -20,7 +20,7 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".p
 
 def load_rows(corpus: CorpusConfig) -> Iterator[tuple[int, object]]:
     """Yield (row number, value of the text column) for every row, in corpus order."""
-    dataset = _open(corpus)
+    dataset = open_dataset(corpus.path, corpus.split)
     first = True
     for row, example in enumerate(dataset):
         if first and corpus.text_column not in example:
@@ -31,25 +31,26 @@ def load_rows(corpus: CorpusConfig) -> Iterator[tuple[int, object]]:
         yield row, example.get(corpus.text_column)
 
 
-def _open(corpus: CorpusConfig):
+def open_dataset(source: str, split: str = "train"):
+    """A `datasets` dataset over a file, a folder of files or a saved dataset (streamed)."""
     import datasets
 
-    path = Path(corpus.path)
+    path = Path(source)
     if not path.exists():
-        raise ConfigError(f"corpus.path: {path} does not exist. Point it at a jsonl, csv, "
+        raise ConfigError(f"{path} does not exist. Point it at a jsonl, csv, "
                           "parquet or text file, a folder of them, or a saved dataset.")
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
-            if corpus.split not in loaded:
-                raise ConfigError(f"{path}: no split '{corpus.split}' (splits: "
+            if split not in loaded:
+                raise ConfigError(f"{path}: no split '{split}' (splits: "
                                   f"{', '.join(loaded)}). Set corpus.split.")
-            loaded = loaded[corpus.split]
+            loaded = loaded[split]
         return loaded
     files = sorted(p for p in path.iterdir() if p.suffix in BUILDERS) if path.is_dir() else [path]
     kinds = {BUILDERS.get(p.suffix) for p in files}
     if not files or None in kinds or len(kinds) != 1:
-        raise ConfigError(f"corpus.path: cannot tell how to read {path}; use one kind of file "
+        raise ConfigError(f"cannot tell how to read {path}; use one kind of file "
                           f"among {', '.join(BUILDERS)} or a saved `datasets` directory")
     builder = kinds.pop()
     options = {"delimiter": "\t"} if files[0].suffix == ".tsv" else {}

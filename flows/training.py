@@ -1,0 +1,26 @@
+"""Prefect flow `train-student`: train one student from complete teacher caches."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.progress import reporter
+from pipeline.config import DistillConfig, load_config
+from pipeline.trainer import Progress, train
+
+
+def progress_for(method: str) -> Progress:
+    report = reporter()
+    return Progress(start=lambda total: report.start("train", f"train {method}", total, unit="steps"),
+                    step=lambda step, metrics: report.advance("train", 1))
+
+
+@flow(name="train-student")
+def train_student(config: str | DistillConfig, method: str | None = None,
+                  resume: bool = False) -> dict:
+    """Stream the caches, ensemble the teachers with `method`, save student and report."""
+    config = config if isinstance(config, DistillConfig) else load_config(config)
+    name = method or (config.train.method if config.train else "mean")
+    report = train(config, method=method, resume=resume, progress=progress_for(name))
+    get_run_logger().info("student %s: %s", name, report.get("eval"))
+    return {k: v for k, v in report.items() if k not in ("history", "config")}

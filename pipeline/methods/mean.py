@@ -1,0 +1,19 @@
+"""Mean baseline: the average of the valid teachers' probabilities (or scores)."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.methods.base import (TargetMethod, TeacherBatch, is_scores, masked_mean, members,
+                                   renormalise, teacher_values)
+
+
+class Mean(TargetMethod):
+    """Per class, the mean probability at T over the valid teachers that cover it, renormalised
+    (so teachers with different label subsets still give a distribution); C == 1: mean score."""
+
+    name = "mean"
+
+    def target(self, teachers: TeacherBatch) -> torch.Tensor:
+        pooled = masked_mean(teacher_values(teachers, self.temperature), members(teachers))
+        return pooled if is_scores(teachers) else renormalise(pooled)

@@ -1,0 +1,180 @@
+"""Stream aligned teacher caches as training batches.
+
+Why our own loop instead of `datasets`/DataLoader sharding: the order must be a pure function
+of (seed, epoch) so that a run resumed mid-epoch continues with exactly the batches it would
+have seen, and so that DDP ranks split rows without reading anything to agree on it
+(shared/research/ecosystem.md section 4: the library paths either read everything on rank 0,
+read everything on every rank, or lose the shuffle buffer on resume). Shards are memory-mapped
+Arrow, so a batch is a gather of the rows it needs, and a background thread prepares the next
+batches while the student trains.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from pipeline.labels import LabelSpace
+from pipeline.methods.base import TeacherBatch
+from storage.aligned import AlignedCache, AlignedShard
+from storage.columns import to_matrix
+
+
+@dataclass
+class Batch:
+    texts: list[str]
+    sample_ids: np.ndarray
+    teachers: TeacherBatch
+    weights: torch.Tensor      # [B]: 1, or 0 for rows that only pad a rank's last batch
+
+
+class CacheStream:
+    """Deterministic, resumable, rank-split batches over an `AlignedCache`.
+
+    Epoch order: shards in a seeded permutation, rows shuffled within windows of
+    `buffer_shards` consecutive shards (a shuffle buffer that needs no state to resume).
+    Rank r of `world` takes every world-th row of that order; ranks with one row fewer pad
+    their last batch with a weight-0 row, so every rank runs the same number of steps (uneven
+    step counts hang DDP) and every sample counts exactly once per epoch.
+    """
+
+    def __init__(self, aligned: AlignedCache, labels: LabelSpace, batch_size: int, *, seed: int = 0,
+                 shuffle: bool = True, buffer_shards: int = 2, rank: int = 0, world: int = 1,
+                 calibration: list[tuple[float, float]] | None = None):
+        self.aligned, self.labels, self.batch_size = aligned, labels, batch_size
+        self.seed, self.shuffle, self.buffer_shards = seed, shuffle, buffer_shards
+        self.rank, self.world = rank, world
+        self.calibration = calibration or [(1.0, 0.0)] * len(aligned.manifests)
+        self.covered = torch.from_numpy(labels.covered)
+
+    def rows_per_rank(self) -> int:
+        return -(-self.aligned.rows // self.world)
+
+    def batches_per_epoch(self) -> int:
+        return -(-self.rows_per_rank() // self.batch_size)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """[N, 2] (shard, row) pairs of the whole epoch, before the split across ranks."""
+        sizes = self.aligned.shard_rows()
+        rng = np.random.default_rng([self.seed, epoch])
+        shards = rng.permutation(len(sizes)) if self.shuffle else np.arange(len(sizes))
+        parts = []
+        for start in range(0, len(shards), self.buffer_shards):
+            window = np.concatenate([np.stack([np.full(sizes[s], s), np.arange(sizes[s])], 1)
+                                     for s in shards[start:start + self.buffer_shards]])
+            parts.append(window[rng.permutation(len(window))] if self.shuffle else window)
+        return np.concatenate(parts)
+
+    def rank_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        mine = self.order(epoch)[self.rank::self.world]
+        weights = np.ones(self.rows_per_rank(), dtype=np.float32)
+        if len(mine) < self.rows_per_rank():
+            weights[len(mine):] = 0.0
+            mine = np.concatenate([mine, mine[: self.rows_per_rank() - len(mine)]])
+        return mine, weights
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        """Batches of `epoch` from batch `start_batch` on (resume without reading what is skipped)."""
+        order, weights = self.rank_order(epoch)
+        open_shards: dict[int, AlignedShard] = {}
+        for b in range(start_batch, self.batches_per_epoch()):
+            rows = order[b * self.batch_size:(b + 1) * self.batch_size]
+            needed = set(rows[:, 0].tolist())
+            for s in list(open_shards):
+                if s not in needed:
+                    del open_shards[s]
+            for s in needed - open_shards.keys():
+                open_shards[s] = self.aligned.read(s)
+            yield self._batch(rows, weights[b * self.batch_size:(b + 1) * self.batch_size], open_shards)
+
+    def _batch(self, rows: np.ndarray, weights: np.ndarray, shards: dict[int, AlignedShard]) -> Batch:
+        texts, ids = [], []
+        per_teacher: list[list[dict]] = [[] for _ in self.aligned.manifests]
+        for s in np.unique(rows[:, 0]):
+            picks = np.flatnonzero(rows[:, 0] == s)
+            take = rows[picks, 1]
+            shard = shards[int(s)]
+            texts.append((picks, shard.text.column("text").take(take).to_pylist()))
+            ids.append((picks, shard.text.column("sample_id").take(take).to_numpy()))
+            for k, table in enumerate(shard.teachers):
+                per_teacher[k].append((picks, table.take(take)))
+        n = len(rows)
+        return Batch(texts=_scatter_list(texts, n), sample_ids=_scatter_array(ids, n),
+                     teachers=self._teacher_batch(per_teacher, n),
+                     weights=torch.from_numpy(weights.copy()))
+
+    def _teacher_batch(self, per_teacher, n: int) -> TeacherBatch:
+        K, C = len(per_teacher), self.labels.num_labels
+        logits = torch.zeros(n, K, C)
+        valid = torch.ones(n, K, dtype=torch.bool)
+        has_mc = all("mc_probs" in parts[0][1].column_names for parts in per_teacher)
+        mc_probs = torch.zeros(n, K, C) if has_mc else None
+        mc_entropy = torch.zeros(n, K) if has_mc else None
+        for k, parts in enumerate(per_teacher):
+            mapping = torch.from_numpy(self.labels.maps[k])
+            scale, bias = self.calibration[k]
+            raw = torch.from_numpy(_scatter_matrix(parts, "logits", n)).float()
+            ok = torch.isfinite(raw).all(1)
+            valid[:, k] = ok
+            logits[:, k, mapping] = torch.nan_to_num(raw * scale + bias) * ok[:, None]
+            if has_mc:
+                mc_probs[:, k, mapping] = torch.nan_to_num(
+                    torch.from_numpy(_scatter_matrix(parts, "mc_probs", n)).float())
+                mc_entropy[:, k] = torch.nan_to_num(torch.from_numpy(
+                    _scatter_array([(p, t.column("mc_entropy").to_numpy(zero_copy_only=False))
+                                    for p, t in parts], n)).float())
+        return TeacherBatch(logits=logits, covered=self.covered, valid=valid,
+                            mc_probs=mc_probs, mc_entropy=mc_entropy)
+
+
+def _scatter_array(parts: list[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
+    out = np.empty((n, *parts[0][1].shape[1:]), dtype=parts[0][1].dtype)
+    for picks, values in parts:
+        out[picks] = values
+    return out
+
+
+def _scatter_list(parts: list[tuple[np.ndarray, list]], n: int) -> list:
+    out: list = [None] * n
+    for picks, values in parts:
+        for i, v in zip(picks, values):
+            out[i] = v
+    return out
+
+
+def _scatter_matrix(parts, column: str, n: int) -> np.ndarray:
+    return _scatter_array([(p, to_matrix(t.column(column)).astype(np.float32)) for p, t in parts], n)
+
+
+def prefetch(batches: Iterator, depth: int = 2) -> Iterator:
+    """Produce the next `depth` items in a background thread (Arrow gathers release the GIL)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in batches:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as e:  # handed to the consumer, raised there
+            errors.append(e)
+        finally:
+            q.put(done)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            yield item
+        if errors:
+            raise errors[0]
+    finally:
+        stop.set()

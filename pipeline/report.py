@@ -1,0 +1,28 @@
+"""The training report, as JSON for machines and Markdown for people."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Student report: {report['method']}", "",
+             f"- teachers: {', '.join(report['teachers'])} (plan {report['plan_id']})",
+             f"- labels: {len(report['labels'])}",
+             f"- steps: {report['steps']} in {report['train_seconds']:.1f} s on "
+             f"{report['processes']} process(es)", "", "| metric | value |", "|---|---|"]
+    for key, value in report.get("eval", {}).items():
+        lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    history = report["history"]
+    if history:
+        lines += ["", "| step | loss |", "|---|---|"]
+        every = max(1, len(history) // 20)
+        lines += [f"| {h['step']} | {h['loss']:.4f} |" for h in history[::every]]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, report: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(markdown(report))

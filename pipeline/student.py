@@ -1,0 +1,56 @@
+"""Build the student: from a checkpoint, or by truncating a teacher (DistilBERT-style init)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from pipeline.config import ConfigError
+from pipeline.labels import LabelSpace
+
+
+def pick_layers(total: int, keep: int, pick: str) -> list[int]:
+    """`first` N layers, or N `even`ly spaced ones (always including the last)."""
+    if not 1 <= keep <= total:
+        raise ConfigError(f"student.layers: must be between 1 and {total} (the teacher's layers)")
+    if pick == "first":
+        return list(range(keep))
+    return sorted({round(i * (total - 1) / max(keep - 1, 1)) for i in range(keep)}) if keep > 1 else [total - 1]
+
+
+def _layer_list(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The encoder's block list: the ModuleList whose length is the configured layer count."""
+    n = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise ConfigError(f"cannot find the {n} transformer layers of {type(model).__name__} "
+                      "to truncate; give student.model instead")
+
+
+def truncate(model: PreTrainedModel, keep: list[int]) -> PreTrainedModel:
+    layers = _layer_list(model)
+    kept = torch.nn.ModuleList(layers[i] for i in keep)
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if child is layers:
+                setattr(parent, name, kept)
+    model.config.num_hidden_layers = len(keep)
+    return model
+
+
+def build_student(source: Path, labels: LabelSpace, layers: int | None = None,
+                  pick: str = "even"):
+    """A classifier with the student's label space on top of `source`'s encoder."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, local_files_only=True, num_labels=labels.num_labels,
+        id2label=dict(enumerate(labels.labels)), label2id={n: i for i, n in enumerate(labels.labels)},
+        ignore_mismatched_sizes=True)
+    if labels.scores:
+        model.config.problem_type = "regression"
+    if layers is not None:
+        model = truncate(model, pick_layers(model.config.num_hidden_layers, layers, pick))
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    return model, tokenizer

@@ -1,0 +1,228 @@
+"""Train a student from teacher caches: the recipe that ties reader, method and loop together.
+
+The loop runs on accelerate (one process, DDP over processes/GPUs/nodes, mixed precision where
+the device has it). Teachers are never loaded: everything they contribute comes from the cache.
+A checkpoint holds the model, optimizer, scheduler and RNG states (accelerate's `save_state`)
+plus our cursor (epoch, batch, step), so a resumed run ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from pipeline.config import ConfigError, DistillConfig, TrainConfig
+from pipeline.evaluate import evaluate
+from pipeline.labels import LabelSpace, build_label_space
+from pipeline.methods import make_method
+from pipeline.methods.base import TeacherBatch
+from pipeline.reader import CacheStream, prefetch
+from pipeline.student import build_student
+from pipeline.teacher import resolve_model_dir
+from storage.aligned import AlignedCache
+from storage.cache import Cache
+
+
+@dataclass
+class Progress:
+    """Callbacks the caller may set: start(total_steps), step(step, metrics)."""
+
+    start: Callable[[int], None] = lambda total: None
+    step: Callable[[int, dict], None] = lambda step, metrics: None
+
+
+@dataclass
+class Cursor:
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    history: list = field(default_factory=list)
+    seen_rows: int = 0          # this epoch, this rank: rows with weight 1
+    seen_id_sum: int = 0        # their sample ids summed mod 2**64: an audit of "each row once"
+    coverage: list = field(default_factory=list)
+
+    def see(self, batch) -> None:
+        real = batch.sample_ids[batch.weights.numpy() > 0].astype("uint64")
+        self.seen_rows += len(real)
+        self.seen_id_sum = (self.seen_id_sum + int(real.sum(dtype="uint64"))) % 2**64
+
+    def close_epoch(self, accelerator) -> None:
+        from accelerate.utils import gather_object
+
+        ranks = gather_object([(self.seen_rows, self.seen_id_sum)])
+        self.coverage.append({"epoch": self.epoch, "rows": sum(r for r, _ in ranks),
+                              "id_sum": sum(s for _, s in ranks) % 2**64,
+                              "rows_per_rank": [r for r, _ in ranks]})
+        self.seen_rows = self.seen_id_sum = 0
+
+
+def teacher_batch_to(batch: TeacherBatch, device) -> TeacherBatch:
+    move = (lambda t: None if t is None else t.to(device))
+    return TeacherBatch(move(batch.logits), move(batch.covered), move(batch.valid),
+                        move(batch.mc_probs), move(batch.mc_entropy))
+
+
+def open_caches(config: DistillConfig) -> AlignedCache:
+    """The complete caches of the config's teachers (by name), all on one plan."""
+    return AlignedCache(Cache(config.cache), [t.name for t in config.teachers])
+
+
+def label_space(config: DistillConfig, aligned: AlignedCache) -> LabelSpace:
+    student = config.student
+    labels = build_label_space(aligned.manifests, student.labels if student else None,
+                               {t.name: t.label_map for t in config.teachers})
+    if student and student.num_labels and student.num_labels != labels.num_labels:
+        raise ConfigError(f"{config.source}: student.num_labels is {student.num_labels} but the "
+                          f"teachers' label space has {labels.num_labels} classes ({labels.labels})")
+    return labels
+
+
+def student_source(config: DistillConfig) -> tuple[Path, int | None, str]:
+    student = config.student
+    if student is None or (student.model is None) == (student.from_teacher is None):
+        raise ConfigError(f"{config.source}: student needs exactly one of `model` (a checkpoint) "
+                          "or `from_teacher` (+ `layers`) to start from")
+    if student.model:
+        return resolve_model_dir(student.model, f"{config.source}: student.model"), student.layers, student.pick
+    teacher = config.teacher(student.from_teacher)
+    return resolve_model_dir(teacher.model, f"{config.source}: teachers[{teacher.name}].model"), \
+        student.layers, student.pick
+
+
+def _mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def train(config: DistillConfig, *, method: str | None = None, resume: bool = False,
+          max_steps: int | None = None, progress: Progress | None = None) -> dict:
+    """Train, checkpoint, evaluate and save the student; returns the report.
+
+    `max_steps` stops early after that many optimizer steps (with a checkpoint), as an
+    interrupted run would; `resume=True` continues from the latest checkpoint.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    train_cfg = config.train or TrainConfig()
+    method_name = method or train_cfg.method
+    progress = progress or Progress()
+    out = Path(train_cfg.output)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision=_mixed_precision(train_cfg.mixed_precision),
+                              gradient_accumulation_steps=train_cfg.grad_accumulation)
+    set_seed(train_cfg.seed)
+    aligned = open_caches(config)
+    labels = label_space(config, aligned)
+    calibration = [((t.calibration.scale, t.calibration.bias) if t.calibration else (1.0, 0.0))
+                   for t in config.teachers]
+    stream = CacheStream(aligned, labels, train_cfg.batch_size, seed=train_cfg.seed,
+                         buffer_shards=train_cfg.shuffle_buffer_shards,
+                         rank=accelerator.process_index, world=accelerator.num_processes,
+                         calibration=calibration)
+    ensemble = make_method(method_name, temperature=train_cfg.temperature, **train_cfg.method_options)
+    source, layers, pick = student_source(config)
+    model, tokenizer = build_student(source, labels, layers, pick)
+    head = {id(p) for n, p in model.named_parameters() if _is_head(n)}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": train_cfg.lr},
+              {"params": [p for p in model.parameters() if id(p) in head],
+               "lr": train_cfg.head_lr or train_cfg.lr}]
+    optimizer = torch.optim.AdamW(groups, weight_decay=train_cfg.weight_decay)
+    steps_per_epoch = -(-stream.batches_per_epoch() // train_cfg.grad_accumulation)
+    total = steps_per_epoch * train_cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total), total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    cursor = Cursor()
+    checkpoints = out / "checkpoints"
+    if resume:
+        cursor = _load_checkpoint(accelerator, checkpoints) or cursor
+    progress.start(total)
+    started = time.perf_counter()
+    model.train()
+    done = False
+    for epoch in range(cursor.epoch, train_cfg.epochs):
+        batches = prefetch(stream.epoch(epoch, cursor.batch if epoch == cursor.epoch else 0))
+        for b, batch in enumerate(batches, start=cursor.batch if epoch == cursor.epoch else 0):
+            with accelerator.accumulate(model):
+                inputs = tokenizer(batch.texts, padding=True, truncation=True,
+                                   max_length=config.student.max_length,
+                                   return_tensors="pt").to(accelerator.device)
+                logits = model(**inputs).logits.float()
+                result = ensemble(logits, teacher_batch_to(batch.teachers, accelerator.device),
+                                  batch.weights.to(accelerator.device))
+                accelerator.backward(result.loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            cursor.epoch, cursor.batch = epoch, b + 1
+            cursor.see(batch)
+            if accelerator.sync_gradients:
+                cursor.step += 1
+                metrics = {"loss": result.loss.item(), **result.metrics, "epoch": epoch,
+                           "lr": scheduler.get_last_lr()[0]}
+                cursor.history.append({"step": cursor.step, **metrics})
+                progress.step(cursor.step, metrics)
+                if train_cfg.checkpoint_every and cursor.step % train_cfg.checkpoint_every == 0:
+                    _save_checkpoint(accelerator, checkpoints, cursor)
+                if max_steps is not None and cursor.step >= max_steps:
+                    done = True
+                    break
+        if done:
+            break
+        cursor.close_epoch(accelerator)
+        cursor.epoch, cursor.batch = epoch + 1, 0
+    _save_checkpoint(accelerator, checkpoints, cursor)
+    finished = cursor.epoch >= train_cfg.epochs
+    report = {"method": method_name, "teachers": [m.name for m in aligned.manifests],
+              "teacher_ids": [m.teacher_id for m in aligned.manifests], "plan_id": aligned.plan.plan_id,
+              "labels": labels.labels, "steps": cursor.step, "finished": finished,
+              "train_seconds": time.perf_counter() - started, "processes": accelerator.num_processes,
+              "config": config.model_dump(mode="json", exclude={"source"}),
+              "coverage": cursor.coverage, "history": cursor.history}
+    if finished and accelerator.is_main_process:
+        student = accelerator.unwrap_model(model).eval()
+        report["eval"] = evaluate(student, tokenizer, config, stream, labels)
+        _save_student(student, tokenizer, out, report)
+    accelerator.wait_for_everyone()
+    return report
+
+
+def _is_head(name: str) -> bool:
+    return name.startswith(("classifier", "score", "pre_classifier"))
+
+
+def _save_checkpoint(accelerator, folder: Path, cursor: Cursor) -> None:
+    target = folder / f"step-{cursor.step:08d}"
+    accelerator.save_state(str(target))
+    if accelerator.is_main_process:
+        (target / "cursor.json").write_text(json.dumps(cursor.__dict__))
+        for old in sorted(folder.glob("step-*"))[:-2]:  # keep the last two
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(accelerator, folder: Path) -> Cursor | None:
+    done = [p for p in sorted(folder.glob("step-*")) if (p / "cursor.json").exists()]
+    if not done:
+        return None
+    accelerator.load_state(str(done[-1]))
+    return Cursor(**json.loads((done[-1] / "cursor.json").read_text()))
+
+
+def _save_student(model, tokenizer, out: Path, report: dict) -> None:
+    from pipeline.report import write_report
+
+    model.save_pretrained(out / "student")
+    tokenizer.save_pretrained(out / "student")
+    write_report(out, report)
