@@ -113,13 +113,18 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
 
 
 @app.command()
-def demo(workdir: Path = typer.Option(Path("distill-demo"), help="where teachers and the cache go"),
+def demo(workdir: Path = typer.Option(Path("distill-demo"), help="where teachers, caches and students go"),
+         method: Optional[list[str]] = typer.Option(None, "--method", "-m",
+                                                     help="only these methods (repeatable)"),
          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """The whole pipeline on the embedded WordNet-12 sample with real MiniLM teachers."""
     _quiet_libraries(verbose)
-    from flows.demo import run_demo
+    from flows.demo import METHODS, run_demo
 
-    run_demo(workdir, console)
+    unknown = sorted(set(method or []) - set(METHODS))
+    if unknown:
+        _fail(f"unknown demo method(s) {unknown}; choose from {', '.join(METHODS)}")
+    run_demo(workdir, console, method)
 
 
 if __name__ == "__main__":

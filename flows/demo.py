@@ -1,13 +1,14 @@
-"""`distill demo`: the pipeline end to end on the embedded WordNet-12 sample.
+"""`distill demo`: the whole pipeline on the embedded WordNet-12 sample.
 
 1. fine-tune three real MiniLM-L6 teachers once (reused on later runs),
-2. cache every teacher over the unlabelled pool with the `cache-teachers` flow,
-3. inspect the cache, and score each teacher against the pool's held-back labels by reading
-   only the cache (no teacher runs again).
+2. cache every teacher over the unlabelled pool and over the test set (`cache-teachers`),
+3. train a 3-layer student from the pool cache with each ensemble method (`train-student`),
+4. print each teacher, the ensemble and every student on the test set, and the FLOP ratio.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,66 +19,111 @@ from rich.table import Table
 
 from flows.caching import cache_teachers
 from flows.progress import RichReporter, reporting
-from flows.tables import print_cache_summary, print_report
+from flows.tables import print_cache_summary
+from flows.training import train_student
 from pipeline import demo
+from pipeline.config import load_config
+from pipeline.finetune import minilm_path
+from pipeline.flops import flops_ratio
+from storage.aligned import AlignedCache
 from storage.cache import Cache
 from storage.columns import to_matrix
-from storage.inspect import inspect_cache
+from storage.inspect import probabilities
+
+# demo name -> (registered method, its options)
+METHODS = {"mean": ("mean", {}), "median": ("median", {}), "govern": ("govern", {}),
+           "muka-soft": ("muka", {"mode": "soft"}), "muka-hard": ("muka", {"mode": "hard"}),
+           "single": ("single", {"teacher": 0})}
+STUDENT_LAYERS = 3
 
 
-def write_config(workdir: Path, teachers: dict[str, Path]) -> Path:
+def write_config(workdir: Path, teachers: dict[str, Path], split: str, student: str = "mean") -> Path:
+    """A config over the `split` corpus whose train section trains the `student` method."""
+    method, options = METHODS[student]
     config = {"cache": "cache",
-              "corpus": {"path": str(demo.DATA / "pool.jsonl"), "text_column": "text",
-                         "rows_per_shard": 1024},
+              "corpus": {"path": str(demo.DATA / f"{split}.jsonl"), "rows_per_shard": 1024},
               "teachers": [{"name": name, "model": str(path), "max_length": demo.MAX_LENGTH,
-                            "batch_size": 64} for name, path in teachers.items()]}
-    path = workdir / "distill.yaml"
+                            "batch_size": 64} for name, path in teachers.items()],
+              "student": {"model": str(minilm_path()), "layers": STUDENT_LAYERS,
+                          "labels": demo.labels(), "max_length": demo.MAX_LENGTH},
+              "train": {"method": method, "method_options": options,
+                        "epochs": demo.STUDENT_EPOCHS, "batch_size": 32, "lr": demo.STUDENT_LR,
+                        "head_lr": demo.STUDENT_HEAD_LR, "temperature": 2.0,
+                        "output": f"students/{student}"},
+              "eval": {"path": str(demo.DATA / "test.jsonl"), "label_column": "label"}}
+    path = workdir / f"distill-{split}-{student}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def pool_accuracy(cache: Cache, summaries: list[dict]) -> dict[str, float]:
-    """Each teacher's accuracy on the pool's held-back labels, read from the cache alone."""
+def test_accuracy(config_path: Path) -> dict[str, float]:
+    """Each teacher's and the ensemble's (mean of probabilities) test accuracy, from the cache."""
+    config = load_config(config_path)
+    cache = Cache(config.cache)
+    aligned = AlignedCache(cache, [t.name for t in config.teachers],
+                           plan_ids=AlignedCache.plans_for(cache, config.corpus.path,
+                                                           config.corpus.rows_per_shard))
     names = demo.labels()
-    gold = np.array([names.index(d["label"]) for d in demo.read_split("pool")])
-    accuracy = {}
-    for s in summaries:
-        plan = cache.load_plan(s["plan_id"])
-        correct = total = 0
-        for i in range(len(plan.shards)):
-            rows = cache.read_text_shard(plan, i).column("row").to_numpy()
-            logits = to_matrix(cache.read_shard(s["teacher_id"], i).column("logits"))
-            correct += int((logits.argmax(1) == gold[rows]).sum())
-            total += len(rows)
-        accuracy[s["teacher"]] = correct / total
-    return accuracy
+    gold = np.array([names.index(d["label"]) for d in demo.read_split("test")])
+    probs = [[] for _ in aligned.manifests]
+    rows = []
+    for i in range(len(aligned)):
+        shard = aligned.read(i)
+        rows.append(shard.text.column("row").to_numpy())
+        for k, table in enumerate(shard.teachers):
+            probs[k].append(probabilities(to_matrix(table.column("logits"))))
+    gold = gold[np.concatenate(rows)]
+    stacked = [np.concatenate(p) for p in probs]
+    scores = {m.name: float((p.argmax(1) == gold).mean()) for m, p in zip(aligned.manifests, stacked)}
+    scores["ensemble"] = float((np.mean(stacked, axis=0).argmax(1) == gold).mean())
+    return scores
 
 
-def run_demo(workdir: Path, console: Console) -> None:
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    console.rule("[bold]1/3 teachers: fine-tune MiniLM-L6 on WordNet-12 (once)")
+def _fine_tune_teachers(workdir: Path, console: Console) -> dict[str, Path]:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("steps"), TimeRemainingColumn(), console=console) as bar:
         tasks: dict[str, int] = {}
 
         def progress(name: str, step: int, total: int) -> None:
             if name not in tasks:
-                tasks[name] = bar.add_task(f"teacher {name}", total=total)
+                tasks[name] = bar.add_task(f"fine-tune teacher {name}", total=total)
             bar.update(tasks[name], completed=step)
 
-        teachers = demo.ensure_teachers(workdir / "teachers", progress)
-    console.print(f"teachers in {workdir / 'teachers'}")
-    config = write_config(workdir, teachers)
-    console.rule(f"[bold]2/3 cache: `distill cache {config}`")
+        return demo.ensure_teachers(workdir / "teachers", progress)
+
+
+def run_demo(workdir: Path, console: Console, methods: list[str] | None = None) -> dict:
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    console.rule("[bold]1/4 teachers: fine-tune MiniLM-L6 on WordNet-12 (once, then reused)")
+    teachers = _fine_tune_teachers(workdir, console)
+    console.rule("[bold]2/4 cache: every teacher over the unlabelled pool and the test set")
+    pool_config = write_config(workdir, teachers, "pool")
+    test_config = write_config(workdir, teachers, "test")
     with reporting(RichReporter(console)):
-        summaries = cache_teachers(str(config))
-    print_cache_summary(summaries, str(workdir / "cache"), console)
-    console.rule(f"[bold]3/3 inspect: `distill inspect {workdir / 'cache'}`")
-    cache = Cache(workdir / "cache")
-    print_report(inspect_cache(cache), console)
-    table = Table("teacher", "pool accuracy (held-back labels)", title="teachers, read from the cache")
-    for name, acc in pool_accuracy(cache, summaries).items():
-        table.add_row(name, f"{acc:.3f}")
+        for config in (pool_config, test_config):
+            print_cache_summary(cache_teachers(str(config)), str(workdir / "cache"), console)
+    console.rule("[bold]3/4 students: 3-layer MiniLM trained from the pool cache, one per method")
+    results = {}
+    for method in methods or list(METHODS):
+        config = write_config(workdir, teachers, "pool", method)
+        with reporting(RichReporter(console)):
+            results[method] = train_student(str(config))["eval"]
+        console.print(f"student {method}: test accuracy {results[method]['accuracy']:.3f}")
+    console.rule("[bold]4/4 results on the WordNet-12 test set (1,200 documents)")
+    scores = test_accuracy(test_config)
+    from transformers import AutoConfig
+    ratio = flops_ratio(AutoConfig.from_pretrained(workdir / "students" / next(iter(results)) / "student"),
+                        [AutoConfig.from_pretrained(p) for p in teachers.values()])
+    table = Table("model", "test accuracy", "÷ ensemble", "agreement with ensemble (pool)",
+                  title=f"WordNet-12, label-free distillation (student FLOPs ÷ ensemble FLOPs = {ratio:.3f})")
+    for name in teachers:
+        table.add_row(f"teacher {name}", f"{scores[name]:.3f}", f"{scores[name] / scores['ensemble']:.3f}", "")
+    table.add_row("ensemble (mean of probabilities)", f"{scores['ensemble']:.3f}", "1.000", "")
+    for method, ev in results.items():
+        table.add_row(f"student, {method}", f"{ev['accuracy']:.3f}",
+                      f"{ev['accuracy'] / scores['ensemble']:.3f}", f"{ev['ensemble_agreement']:.3f}")
     console.print(table)
-    console.print("Next: the student trainer (`distill train`) streams this cache.")
+    console.print(f"done in {time.perf_counter() - started:.0f} s; everything is in {workdir}")
+    return {"teachers": scores, "students": results, "flops_ratio": ratio}

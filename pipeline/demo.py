@@ -16,6 +16,7 @@ from pipeline.finetune import finetune_classifier, minilm_path
 DATA = Path(__file__).parent / "demo_data" / "wordnet12"
 TEACHERS = ("a", "b", "c")
 EPOCHS, LR, MAX_LENGTH, BATCH = 3, 1e-4, 64, 32
+STUDENT_EPOCHS, STUDENT_LR, STUDENT_HEAD_LR = 2, 1e-4, 1e-3
 
 
 def labels() -> list[str]:

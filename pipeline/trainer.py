@@ -23,7 +23,7 @@ from pipeline.evaluate import evaluate
 from pipeline.labels import LabelSpace, build_label_space
 from pipeline.methods import make_method
 from pipeline.methods.base import TeacherBatch
-from pipeline.reader import CacheStream, prefetch
+from pipeline.reader import Batch, CacheStream, prefetch
 from pipeline.student import build_student
 from pipeline.teacher import resolve_model_dir
 from storage.aligned import AlignedCache
@@ -69,9 +69,19 @@ def teacher_batch_to(batch: TeacherBatch, device) -> TeacherBatch:
                         move(batch.mc_probs), move(batch.mc_entropy))
 
 
+def distill_loss(model, tokenizer, method, batch: Batch, device, max_length: int):
+    """One batch: tokenize, run the student, let the ensemble method build the loss."""
+    inputs = tokenizer(batch.texts, padding=True, truncation=True, max_length=max_length,
+                       return_tensors="pt").to(device)
+    logits = model(**inputs).logits.float()
+    return method(logits, teacher_batch_to(batch.teachers, device), batch.weights.to(device))
+
+
 def open_caches(config: DistillConfig) -> AlignedCache:
-    """The complete caches of the config's teachers (by name), all on one plan."""
-    return AlignedCache(Cache(config.cache), [t.name for t in config.teachers])
+    """The complete caches of the config's teachers (by name) over the config's corpus."""
+    cache = Cache(config.cache)
+    plans = AlignedCache.plans_for(cache, config.corpus.path, config.corpus.rows_per_shard)
+    return AlignedCache(cache, [t.name for t in config.teachers], plan_ids=plans)
 
 
 def label_space(config: DistillConfig, aligned: AlignedCache) -> LabelSpace:
@@ -155,12 +165,8 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
         batches = prefetch(stream.epoch(epoch, cursor.batch if epoch == cursor.epoch else 0))
         for b, batch in enumerate(batches, start=cursor.batch if epoch == cursor.epoch else 0):
             with accelerator.accumulate(model):
-                inputs = tokenizer(batch.texts, padding=True, truncation=True,
-                                   max_length=config.student.max_length,
-                                   return_tensors="pt").to(accelerator.device)
-                logits = model(**inputs).logits.float()
-                result = ensemble(logits, teacher_batch_to(batch.teachers, accelerator.device),
-                                  batch.weights.to(accelerator.device))
+                result = distill_loss(model, tokenizer, ensemble, batch, accelerator.device,
+                                      config.student.max_length)
                 accelerator.backward(result.loss)
                 optimizer.step()
                 scheduler.step()

@@ -26,9 +26,11 @@ class AlignedShard:
 class AlignedCache:
     """The plan and the complete caches of the given teachers (by name or teacher id)."""
 
-    def __init__(self, cache: Cache, teachers: list[str], verify: bool = False):
+    def __init__(self, cache: Cache, teachers: list[str], verify: bool = False,
+                 plan_ids: set[str] | None = None):
+        """`plan_ids` limits the search to caches built on those plans (one corpus)."""
         self.cache = cache
-        self.manifests = [self._find(cache, t) for t in teachers]
+        self.manifests = [self._find(cache, t, plan_ids) for t in teachers]
         plans = {m.plan_id for m in self.manifests}
         if len(plans) != 1:
             detail = ", ".join(f"{m.name}: {m.plan_id}" for m in self.manifests)
@@ -39,10 +41,12 @@ class AlignedCache:
             self._check_complete(m, verify)
 
     @staticmethod
-    def _find(cache: Cache, key: str) -> TeacherManifest:
-        found = [m for m in cache.manifests() if key in (m.name, m.teacher_id)]
+    def _find(cache: Cache, key: str, plan_ids: set[str] | None) -> TeacherManifest:
+        found = [m for m in cache.manifests() if key in (m.name, m.teacher_id)
+                 and (plan_ids is None or m.plan_id in plan_ids)]
         if not found:
-            raise CacheError(f"no teacher cache named or with id '{key}' in {cache.location}; "
+            raise CacheError(f"no teacher cache named or with id '{key}' in {cache.location}"
+                             f"{' for this corpus' if plan_ids is not None else ''}; "
                              "run `distill cache CONFIG` first")
         complete = [m for m in found if m.complete]
         if len(complete) > 1:
@@ -69,6 +73,12 @@ class AlignedCache:
     @property
     def rows(self) -> int:
         return self.plan.rows
+
+    @staticmethod
+    def plans_for(cache: Cache, source: str, rows_per_shard: int) -> set[str]:
+        """Plans built from corpus `source` with this sharding (older versions of it too)."""
+        return {p for p in cache.plan_ids()
+                if (plan := cache.load_plan(p)).source == source and plan.rows_per_shard == rows_per_shard}
 
     def shard_rows(self) -> list[int]:
         return [s.rows for s in self.plan.shards]

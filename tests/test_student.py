@@ -1,0 +1,35 @@
+"""Student initialisation: truncating a teacher to the first or evenly spaced layers."""
+
+import numpy as np
+import pytest
+import torch
+
+import tiny
+from pipeline.config import ConfigError
+from pipeline.labels import LabelSpace
+from pipeline.student import build_student, pick_layers
+
+
+def test_pick_layers():
+    assert pick_layers(6, 3, "first") == [0, 1, 2]
+    assert pick_layers(6, 3, "even") == [0, 2, 5]  # round(2.5) == 2: banker's rounding
+    assert pick_layers(12, 4, "even")[-1] == 11 and pick_layers(12, 1, "even") == [11]
+    with pytest.raises(ConfigError, match="between 1 and 6"):
+        pick_layers(6, 7, "even")
+
+
+def test_truncated_student_keeps_the_chosen_teacher_layers(tmp_path):
+    path = tiny.classifier(tmp_path / "t", layers=4, num_labels=3)
+    labels = LabelSpace(["class0", "class1", "class2"], [np.arange(3)], np.ones((1, 3), bool))
+    teacher, _ = build_student(path, labels)
+    student, tokenizer = build_student(path, labels, layers=2, pick="even")
+    assert student.config.num_hidden_layers == 2 and len(student.bert.encoder.layer) == 2
+    kept = pick_layers(4, 2, "even")
+    for mine, theirs in zip(student.bert.encoder.layer, [teacher.bert.encoder.layer[i] for i in kept]):
+        for a, b in zip(mine.parameters(), theirs.parameters()):
+            torch.testing.assert_close(a, b)
+    batch = tokenizer(["the cat runs"], return_tensors="pt")
+    assert student(**batch).logits.shape == (1, 3)
+    student.save_pretrained(tmp_path / "s")  # a truncated student saves and reloads as itself
+    from transformers import AutoModelForSequenceClassification
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "s").config.num_hidden_layers == 2
