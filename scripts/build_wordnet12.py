@@ -45,13 +45,13 @@ Short real English texts with labels, for the demo and `bench/quality.py`. Each 
 JSON-lines files is one WordNet 3.0 noun synset, `{{"text": "lemma1, lemma2: gloss", "label":
 "noun.animal"}}`; the label is the synset's lexicographer file (its supersense).
 
-| file | what | size |
-|---|---|---|
-| `teacher_train.jsonl` | labelled documents to fine-tune the demo teachers | {teacher_train} per class |
-| `pool.jsonl` | the unlabelled distillation pool; its labels are for evaluation only, never for distillation | {pool} per class ({feeling_pool} for noun.feeling, which has only 428 synsets) |
-| `test.jsonl` | held-out test documents | {test} per class |
-| `labels.json` | the 12 class names, in label-id order | |
-| `LICENSE.wordnet` | WordNet 3.0's licence, which applies to these texts | |
+- `teacher_train.jsonl`: labelled documents to fine-tune the demo teachers, {teacher_train} per
+  class.
+- `pool.jsonl`: the unlabelled distillation pool, {pool} per class ({feeling_pool} for noun.feeling,
+  which has only 428 synsets). Its labels are for evaluation only, never for distillation.
+- `test.jsonl`: held-out test documents, {test} per class.
+- `labels.json`: the 12 class names, in label-id order.
+- `LICENSE.wordnet`: WordNet 3.0's licence, which applies to these texts.
 
 The three splits are disjoint, drawn per class with a seeded RNG from `data.noun` of Debian's
 `wordnet-base` package (WordNet 3.0, Princeton University). Rebuilt, byte for byte, with:
@@ -124,7 +124,8 @@ def main() -> None:
         print(f"{name}.jsonl: {len(rows)} documents")
     (args.out / "labels.json").write_text(json.dumps(CLASSES, indent=1) + "\n")
     (args.out / "LICENSE.wordnet").write_text(licence)
-    (args.out / "README.md").write_text(README.format(seed=args.seed, feeling_pool=feeling_pool, **SPLITS))
+    readme = README.format(seed=args.seed, feeling_pool=feeling_pool, **SPLITS)
+    (args.out / "README.md").write_text(readme)
     print(f"wrote {args.out}")
 
 

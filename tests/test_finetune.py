@@ -11,8 +11,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from tokenizers.processors import TemplateProcessing  # noqa: E402
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig,  # noqa: E402
-                          BertModel, PreTrainedTokenizerFast)
+from transformers import (  # noqa: E402
+    AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel,
+    PreTrainedTokenizerFast)
 
 from pipeline.finetune import finetune_classifier, noisy_labels  # noqa: E402
 
