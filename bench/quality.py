@@ -66,6 +66,12 @@ SETTINGS = {  # name -> (teachers, MC dropout on the pool cache, methods (label,
                    [("mean", "mean", {}), MUKA_SOFT, MUKA_HARD]),
 }
 STUDENT_LAYERS = 3
+# The demo's fine-tuning settings (pipeline/demo.py); older versions had no head lr / frozen layers.
+TEACHER_HEAD_LR = getattr(demo, "HEAD_LR", None)
+TEACHER_TRAIN_LAYERS = getattr(demo, "TRAIN_LAYERS", None)
+STUDENT_TRAIN = {"epochs": getattr(demo, "STUDENT_EPOCHS", 2), "batch_size": 32,
+                 "lr": getattr(demo, "STUDENT_LR", 1e-4), "head_lr": getattr(demo, "STUDENT_HEAD_LR", 1e-3),
+                 "temperature": 2.0, "seed": 0}
 
 
 def elapsed() -> str:
@@ -81,12 +87,10 @@ def run_settings(quick: bool) -> dict:
     if quick:
         return {"teacher_docs_per_class": 15, "pool_per_class": 20, "test_per_class": 10,
                 "teacher_epochs": 1, "mc_passes": 2, "rows_per_shard": 128,
-                "train": {"epochs": 1, "batch_size": 32, "lr": 1e-4, "head_lr": 1e-3,
-                          "temperature": 2.0, "seed": 0}}
+                "train": {**STUDENT_TRAIN, "epochs": 1}}
     return {"teacher_docs_per_class": None, "pool_per_class": None, "test_per_class": None,
             "teacher_epochs": demo.EPOCHS, "mc_passes": 8, "rows_per_shard": 1024,
-            "train": {"epochs": 3, "batch_size": 32, "lr": 1e-4, "head_lr": 1e-3,
-                      "temperature": 2.0, "seed": 0}}
+            "train": dict(STUDENT_TRAIN)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +155,8 @@ def ensure_teacher(workdir: Path, name: str, cfg: dict) -> Path:
 
     finetune_classifier(minilm_path(), [d["text"] for d in docs],
                         [names.index(d["label"]) for d in docs], names, out, seed=seed,
-                        epochs=cfg["teacher_epochs"], lr=demo.LR, max_length=demo.MAX_LENGTH,
+                        epochs=cfg["teacher_epochs"], lr=demo.LR, head_lr=TEACHER_HEAD_LR,
+                        train_layers=TEACHER_TRAIN_LAYERS, max_length=demo.MAX_LENGTH,
                         batch_size=demo.BATCH, label_noise=noise, progress=progress)
     log("teachers", f"{name}: done in {time.perf_counter() - started:.0f} s")
     return out
@@ -311,24 +316,21 @@ def train_student(workdir: Path, setting: str, label: str, method: str, options:
 # ---------------------------------------------------------------------------------------------
 # FLOPs
 
-def forward_flops(config: dict, layers: int, classes: int, tokens: int) -> float:
-    """Forward FLOPs of a BERT-style classifier on one sequence of `tokens` tokens:
-    2 x matmul params x tokens for every layer (Q, K, V, O: 4h^2; FFN: 2 h i), plus attention
-    scores and mixing (Q K^T and A V: 2 x 2 x tokens^2 x h per layer), plus pooler (2 h^2) and
-    head (2 h C) once per sequence. Embedding lookups, softmax, layer norms: not counted."""
-    h, i = config["hidden_size"], config["intermediate_size"]
-    per_layer = 2 * tokens * (4 * h * h + 2 * h * i) + 4 * tokens * tokens * h
-    return float(layers * per_layer + 2 * h * h + 2 * h * classes)
-
-
 def flops_ratio(teacher_classes: list[int], tokens: int) -> dict:
-    config = json.loads((minilm_path() / "config.json").read_text())
-    teacher_layers = config["num_hidden_layers"]
-    ensemble = sum(forward_flops(config, teacher_layers, c, tokens) for c in teacher_classes)
-    student = forward_flops(config, STUDENT_LAYERS, len(NAMES), tokens)
-    return {"tokens": tokens, "student_flops": student, "ensemble_flops": ensemble,
-            "ratio": student / ensemble, "teachers": len(teacher_classes),
-            "teacher_layers": teacher_layers, "student_layers": STUDENT_LAYERS}
+    """Student / ensemble forward FLOPs with `pipeline.flops.encoder_flops` (per layer and
+    sequence of n tokens: 2·n·(4H² + 2HI) + 4·n²·H; plus pooler and head 2·H·(H + C))."""
+    from transformers import AutoConfig
+
+    from pipeline.flops import encoder_flops
+
+    teachers = [AutoConfig.from_pretrained(minilm_path(), num_labels=c) for c in teacher_classes]
+    student = AutoConfig.from_pretrained(minilm_path(), num_labels=len(NAMES))
+    student.num_hidden_layers = STUDENT_LAYERS
+    ensemble_f = sum(encoder_flops(c, tokens) for c in teachers)
+    student_f = encoder_flops(student, tokens)
+    return {"tokens": tokens, "student_flops": student_f, "ensemble_flops": ensemble_f,
+            "ratio": student_f / ensemble_f, "teachers": len(teachers),
+            "teacher_layers": teachers[0].num_hidden_layers, "student_layers": STUDENT_LAYERS}
 
 
 def mean_tokens(texts: list[str]) -> float:
@@ -359,13 +361,25 @@ def main() -> None:
                         help="keeps teachers, caches and students between runs (default: a temp dir)")
     parser.add_argument("--settings", nargs="*", choices=list(SETTINGS), default=list(SETTINGS),
                         help="run only these settings (default: all)")
+    parser.add_argument("--epochs", type=int, help="student epochs (default: the demo's "
+                        f"{STUDENT_TRAIN['epochs']}; 1 with --quick)")
+    parser.add_argument("--lr", type=float, help="student encoder learning rate (default 1e-4)")
+    parser.add_argument("--head-lr", type=float, help="student head learning rate (default 1e-3)")
+    parser.add_argument("--temperature", type=float, help="KD temperature (default 2)")
     args = parser.parse_args()
 
     import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()    # no per-model load reports in the output
 
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="distill-quality-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = run_settings(args.quick)
+    for key, value in (("epochs", args.epochs), ("lr", args.lr), ("head_lr", args.head_lr),
+                       ("temperature", args.temperature)):
+        if value is not None:
+            cfg["train"][key] = value
     bench_name = "quality-quick" if args.quick else "quality"   # a smoke run never overwrites
     files = corpus_files(workdir, cfg)
     test_docs = read_jsonl(files["test"])
@@ -382,6 +396,8 @@ def main() -> None:
                      "student": {"model": "all-MiniLM-L6-v2 truncated", "layers": STUDENT_LAYERS,
                                  "pick": "even", "max_length": demo.MAX_LENGTH},
                      "teacher_finetune": {"epochs": cfg["teacher_epochs"], "lr": demo.LR,
+                                          "head_lr": TEACHER_HEAD_LR,
+                                          "train_layers": TEACHER_TRAIN_LAYERS,
                                           "max_length": demo.MAX_LENGTH, "batch_size": demo.BATCH},
                      "per_setting": {}, "figures": {}}
 
@@ -473,7 +489,8 @@ def main() -> None:
     at_avg = flops_ratio([len(NAMES)] * 3, round(avg))
     line("student FLOPs / ensemble FLOPs", f"{flops['ratio']:.3f}", flops["ratio"],
          f"3-layer student vs 3 x 6-layer teachers at {tokens} tokens; {at_avg['ratio']:.3f} at the "
-         f"test set's mean {avg:.1f} tokens; per layer 2*T*(4h^2+2hi) + 4*T^2*h, + 2h^2 + 2hC; "
+         f"test set's mean {avg:.1f} tokens; pipeline/flops.py: per layer 2n(4H^2+2HI) + 4n^2 H, "
+         f"+ head 2H(H+C); "
          f"MC-dropout passes not counted", results,
          at_max_length=flops, at_mean_length=at_avg)
     results["wall_seconds"] = time.perf_counter() - START
