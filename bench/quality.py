@@ -32,9 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import hermetic_env, save  # noqa: E402
 
 hermetic_env()
-# Prefect's embedded server must start within 20 s by default; a niced run on a busy 2-core
-# machine missed that once ("Timed out while attempting to connect to ephemeral Prefect API").
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
@@ -407,7 +404,9 @@ def main() -> None:
 
     results: dict = {"quick": args.quick, "workdir": str(workdir), "settings": cfg,
                      "student_init": args.student_init,
-                     "student": {"model": "all-MiniLM-L6-v2 truncated", "layers": STUDENT_LAYERS,
+                     "student": {"model": ("the setting's first fine-tuned teacher"
+                                           if args.student_init == "teacher0" else "all-MiniLM-L6-v2"),
+                                 "layers": STUDENT_LAYERS,
                                  "pick": "even", "max_length": demo.MAX_LENGTH},
                      "teacher_finetune": {"epochs": cfg["teacher_epochs"], "lr": demo.LR,
                                           "head_lr": TEACHER_HEAD_LR,

@@ -26,6 +26,8 @@ def _quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    # Prefect's embedded server gives up after 20 s, which a loaded 2-core machine can exceed.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
 
 

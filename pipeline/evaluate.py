@@ -67,8 +67,11 @@ def ensemble_agreement(model, tokenizer, config: DistillConfig, stream) -> float
         if tb.logits.shape[-1] == 1:
             targets.append((tb.logits[..., 0] * tb.valid).sum(1) / tb.valid.sum(1).clamp_min(1) > 0)
         else:
-            probs = torch.softmax(tb.logits.masked_fill(~tb.covered, -1e9), -1) * tb.valid[..., None]
-            targets.append(probs.sum(1).argmax(-1))
+            # Per class, the mean over the valid teachers that cover it (the union ensemble):
+            # a plain sum would favour classes that several teachers cover.
+            probs = torch.softmax(tb.logits.masked_fill(~tb.covered, -1e9), -1)
+            voters = tb.covered[None] & tb.valid[..., None]
+            targets.append(((probs * voters).sum(1) / voters.sum(1).clamp_min(1)).argmax(-1))
         texts += batch.texts
         if len(texts) >= AGREEMENT_ROWS:
             break
