@@ -25,8 +25,7 @@ from flows.training import train_student
 from pipeline import demo
 from pipeline.config import load_config
 from pipeline.flops import flops_ratio
-from storage.aligned import AlignedCache
-from storage.cache import Cache
+from pipeline.trainer import open_caches
 from storage.columns import to_matrix
 from storage.inspect import probabilities
 
@@ -60,11 +59,7 @@ def write_config(workdir: Path, teachers: dict[str, Path], split: str, student: 
 
 def test_accuracy(config_path: Path) -> dict[str, float]:
     """Each teacher's and the ensemble's (mean of probabilities) test accuracy, from the cache."""
-    config = load_config(config_path)
-    cache = Cache(config.cache)
-    aligned = AlignedCache(cache, [t.name for t in config.teachers],
-                           plan_ids=AlignedCache.plans_for(cache, config.corpus.path,
-                                                           config.corpus.rows_per_shard))
+    aligned = open_caches(load_config(config_path))
     names = demo.labels()
     gold = np.array([names.index(d["label"]) for d in demo.read_split("test")])
     probs = [[] for _ in aligned.manifests]
