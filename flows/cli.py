@@ -1,4 +1,4 @@
-"""The `distill` command line: cache, inspect, demo.
+"""The `distill` command line: cache, train, calibrate, inspect, demo.
 
 Heavy imports (torch, transformers, Prefect) happen inside the commands that need them, so
 `distill inspect` works from the base install.
@@ -89,6 +89,33 @@ def train(config: Path = typer.Argument(..., help="the YAML config"),
     except (ConfigError, CacheError, ValueError) as e:
         _fail(str(e))
     print_train_summary(summary, console)
+
+
+@app.command()
+def calibrate(config: Path = typer.Argument(..., help="the YAML config; its `eval` file is the held-out set"),
+              write: bool = typer.Option(False, "--write",
+                                         help="store the fits as teachers[].calibration in CONFIG"),
+              verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Fit each teacher's calibration (temperature, or Platt for scores) on the labelled eval set."""
+    _quiet_libraries(verbose)
+    from flows.calibration import calibrate as calibrate_flow
+    from flows.progress import RichReporter, reporting
+    from flows.tables import print_calibration
+    from pipeline.config import ConfigError, load_config, write_calibration
+    from storage.records import CacheError
+
+    try:
+        loaded = load_config(config)
+        with reporting(RichReporter(console)):
+            fits = calibrate_flow(loaded)
+    except (ConfigError, CacheError) as e:
+        _fail(str(e))
+    print_calibration(fits, console)
+    if write:
+        write_calibration(config, {f["teacher"]: (f["scale"], f["bias"]) for f in fits})
+        console.print(f"wrote teachers[].calibration to {config} (YAML comments are not kept)")
+    else:
+        console.print("not written; re-run with --write to store these in the config")
 
 
 @app.command()

@@ -51,3 +51,18 @@ def print_train_summary(summary: dict, console: Console) -> None:
     table.add_row(summary["method"], str(summary["steps"]), f"{summary['train_seconds']:.1f}",
                   *(_fmt(v) if isinstance(v, float) else str(v) for v in summary.get("eval", {}).values()))
     console.print(table)
+
+
+def print_calibration(fits: list[dict], console: Console) -> None:
+    table = Table("teacher", "fit", "rows", "scale", "bias", "accuracy", "NLL before → after",
+                  "ECE before → after", title="calibration on the eval set")
+    for f in fits:
+        if f["kind"] == "temperature":
+            nll = f"{f['nll_before']:.3f} → {f['nll_after']:.3f}"
+            ece = f"{f['ece_before']:.3f} → {f['ece_after']:.3f}"
+            accuracy = _fmt(f["accuracy"])
+        else:
+            nll, ece, accuracy = f"{f['loss_before']:.3f} → {f['loss_after']:.3f}", "-", "-"
+        table.add_row(f["teacher"], f"{f['kind']}" + (f" T={f['temperature']:.3f}" if "temperature" in f else ""),
+                      str(f["rows"]), f"{f['scale']:.4f}", f"{f['bias']:.4f}", accuracy, nll, ece)
+    console.print(table)

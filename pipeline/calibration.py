@@ -1,14 +1,24 @@
 """Per-teacher calibration, so teachers' outputs are on one scale before they are combined.
 
 GOVERN compares each teacher with the student coordinate by coordinate, so a teacher that is
-over-confident (or whose scores carry an offset) would bias every vote. Both fits are small and run
-on a held-out set; the result is a (scale, bias) pair applied to the cached logits.
+over-confident (or whose scores carry an offset) would bias every vote. The fits are small and run
+on a held-out labelled set (the config's `eval` file) whose teacher logits come from the cache,
+like everything else a teacher contributes; the result is a (scale, bias) pair per teacher that
+the config records (`teachers[].calibration`) and the reader applies to the cached logits.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline.config import ConfigError, DistillConfig
+from pipeline.labels import build_label_space
+from storage.aligned import AlignedCache
+from storage.columns import to_matrix
+
+ECE_BINS = 15
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
@@ -28,9 +38,26 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
     return float(log_t.detach().exp())
 
 
+def fit_platt(scores: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> tuple[float, float]:
+    """Platt scaling: (scale, bias) minimising the BCE of sigmoid(scale·score + bias) against 0/1
+    labels, for a relevance teacher that emits one score."""
+    scores, labels = scores.detach().double(), labels.detach().double()
+    params = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([params], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(scores * params[0] + params[1], labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(params[0]), float(params[1])
+
+
 def fit_affine(scores: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
     """Least-squares (scale, bias) with scale·scores + bias ≈ targets (both [N]): maps a score
-    teacher onto a reference scale (held-out targets or a reference teacher's scores)."""
+    teacher onto graded held-out targets (not just 0/1, where `fit_platt` is the right fit)."""
     scores = scores.detach().double()
     design = torch.stack([scores, torch.ones_like(scores)], dim=1)
     solution = torch.linalg.lstsq(design, targets.detach().double().unsqueeze(1)).solution
@@ -40,3 +67,86 @@ def fit_affine(scores: torch.Tensor, targets: torch.Tensor) -> tuple[float, floa
 def apply_calibration(logits: torch.Tensor, scale: float, bias: float) -> torch.Tensor:
     """scale·logits + bias; a temperature T is scale = 1/T, bias = 0."""
     return logits * scale + bias
+
+
+def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of the top-class confidence: the bin-weighted |accuracy - confidence| (equal-width bins)."""
+    confidence = probs.max(1)
+    correct = probs.argmax(1) == gold
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            error += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(error)
+
+
+def eval_corpus_config(config: DistillConfig) -> DistillConfig:
+    """The config with the labelled `eval` file as its corpus, so the caching flow runs the
+    teachers over it. Only logits are needed, so MC dropout and features are left out."""
+    if config.eval is None:
+        raise ConfigError(f"{config.source}: calibration needs a labelled held-out set; add "
+                          "`eval: {path: ..., label_column: label}`")
+    corpus = config.corpus.model_copy(update={"path": config.eval.path,
+                                              "text_column": config.eval.text_column})
+    teachers = [t.model_copy(update={"mc_dropout": None, "features": None, "calibration": None})
+                for t in config.teachers]
+    return config.model_copy(update={"corpus": corpus, "teachers": teachers})
+
+
+def calibrate_teachers(config: DistillConfig, aligned: AlignedCache) -> list[dict]:
+    """Fit each teacher on the cached logits over the eval set (`aligned`, built on the config
+    `eval_corpus_config` returns). Class teachers get a temperature fitted on the rows whose gold
+    class they cover; score teachers get Platt scaling (0/1 labels) or a least-squares map."""
+    from pipeline.evaluate import read_labelled
+
+    labels = build_label_space(aligned.manifests, config.student.labels if config.student else None,
+                               {t.name: t.label_map for t in config.teachers})
+    _, gold_by_row = read_labelled(config, labels)
+    rows = np.concatenate([aligned.read(i).text.column("row").to_numpy() for i in range(len(aligned))])
+    gold = gold_by_row[rows]
+    results = []
+    for k, manifest in enumerate(aligned.manifests):
+        logits = np.concatenate([to_matrix(aligned.read(i).teachers[k].column("logits"))
+                                 for i in range(len(aligned))]).astype(np.float64)
+        if labels.scores:
+            results.append(_fit_scores(manifest.name, logits[:, 0], gold))
+        else:
+            results.append(_fit_classes(manifest.name, logits, gold, labels.maps[k]))
+    return results
+
+
+def _fit_classes(name: str, logits: np.ndarray, gold: np.ndarray, class_map: np.ndarray) -> dict:
+    """Temperature scaling on the rows whose gold class this teacher covers."""
+    local = {int(student): i for i, student in enumerate(class_map)}
+    inside = np.array([int(g) in local for g in gold])
+    if inside.sum() < 2:
+        raise ConfigError(f"teacher '{name}': fewer than 2 eval rows carry a class it predicts; "
+                          "calibration needs labelled rows of its classes")
+    x = torch.from_numpy(logits[inside])
+    y = torch.tensor([local[int(g)] for g in gold[inside]])
+    temperature = fit_temperature(x, y)
+    before, after = torch.softmax(x, 1).numpy(), torch.softmax(x / temperature, 1).numpy()
+    return {"teacher": name, "kind": "temperature", "temperature": temperature,
+            "scale": 1.0 / temperature, "bias": 0.0, "rows": int(inside.sum()),
+            "accuracy": float((before.argmax(1) == y.numpy()).mean()),
+            "nll_before": float(F.cross_entropy(x, y)), "nll_after": float(F.cross_entropy(x / temperature, y)),
+            "ece_before": expected_calibration_error(before, y.numpy()),
+            "ece_after": expected_calibration_error(after, y.numpy())}
+
+
+def _fit_scores(name: str, scores: np.ndarray, gold: np.ndarray) -> dict:
+    x, y = torch.from_numpy(scores), torch.from_numpy(gold.astype(np.float64))
+    if np.isin(gold, (0.0, 1.0)).all():
+        scale, bias = fit_platt(x, y)
+        kind = "platt"
+        before = float(F.binary_cross_entropy_with_logits(x, y))
+        after = float(F.binary_cross_entropy_with_logits(x * scale + bias, y))
+    else:
+        scale, bias = fit_affine(x, y)
+        kind = "affine"
+        before = float(F.mse_loss(x, y))
+        after = float(F.mse_loss(x * scale + bias, y))
+    return {"teacher": name, "kind": kind, "scale": scale, "bias": bias, "rows": len(scores),
+            "loss_before": before, "loss_after": after}

@@ -188,3 +188,18 @@ def _resolve_paths(config: DistillConfig, base: Path) -> DistillConfig:
     if config.eval:
         config.eval.path = _resolve_path(config.eval.path, base)
     return config
+
+
+def write_calibration(path: str | Path, fits: dict[str, tuple[float, float]]) -> None:
+    """Record fitted (scale, bias) pairs as `teachers[].calibration` in the YAML file at `path`
+    (re-validated before it is replaced; comments do not survive a YAML round trip)."""
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text())
+    for teacher in raw["teachers"]:
+        if teacher.get("name") in fits:
+            scale, bias = fits[teacher["name"]]
+            teacher["calibration"] = {"scale": float(scale), "bias": float(bias)}
+    parse_config(raw, source=str(path))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
+    tmp.replace(path)

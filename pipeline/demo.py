@@ -7,11 +7,13 @@ seed, so the three disagree the way independently trained teachers do.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Callable
 
 from pipeline.finetune import finetune_classifier, minilm_path
+from pipeline.teacher import fingerprint
 
 DATA = Path(__file__).parent / "demo_data" / "wordnet12"
 TEACHERS = ("a", "b", "c")
@@ -19,6 +21,7 @@ TEACHERS = ("a", "b", "c")
 # head needs a higher learning rate than the pretrained body; embeddings stay frozen.
 EPOCHS, LR, HEAD_LR, TRAIN_LAYERS, MAX_LENGTH, BATCH = 2, 2e-4, 2e-3, 6, 64, 32
 STUDENT_EPOCHS, STUDENT_LR, STUDENT_HEAD_LR = 2, 1e-4, 1e-3
+STAMP = "demo-teacher.json"
 
 
 def labels() -> list[str]:
@@ -42,18 +45,35 @@ def teacher_slice(k: int, n_teachers: int = len(TEACHERS)) -> list[dict]:
     return out
 
 
-def ensure_teachers(folder: Path, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Path]:
-    """Fine-tune the demo teachers that are not in `folder` yet; reuse the others."""
+def teacher_settings(k: int) -> dict:
+    """Everything that shapes demo teacher k: a folder fine-tuned otherwise is not reused."""
+    data = hashlib.sha256((DATA / "teacher_train.jsonl").read_bytes()).hexdigest()
+    return {"slice": k, "of": len(TEACHERS), "seed": k, "epochs": EPOCHS, "lr": LR,
+            "head_lr": HEAD_LR, "train_layers": TRAIN_LAYERS, "max_length": MAX_LENGTH,
+            "batch_size": BATCH, "teacher_train_sha256": data}
+
+
+def ensure_teachers(folder: Path, progress: Callable[[str, int, int], None] | None = None,
+                    base: Path | None = None) -> dict[str, Path]:
+    """Fine-tune the demo teachers that are not in `folder` with today's settings; reuse the others.
+
+    Each finished teacher carries a stamp of its settings, written after the model, so a folder
+    from an interrupted run or from other settings is fine-tuned again.
+    """
     names = labels()
+    base = base or minilm_path()
+    base_print = fingerprint(base)["weights_sha256"]
     paths = {}
     for k, name in enumerate(TEACHERS):
         out = folder / f"teacher-{name}"
-        if not (out / "config.json").exists():
+        stamp, settings = out / STAMP, {**teacher_settings(k), "base": base_print}
+        if not stamp.exists() or json.loads(stamp.read_text()) != settings:
             docs = teacher_slice(k)
             report = (lambda step, total, loss, n=name: progress(n, step, total)) if progress else None
-            finetune_classifier(minilm_path(), [d["text"] for d in docs],
+            finetune_classifier(base, [d["text"] for d in docs],
                                 [names.index(d["label"]) for d in docs], names, out, seed=k,
                                 epochs=EPOCHS, lr=LR, head_lr=HEAD_LR, train_layers=TRAIN_LAYERS,
                                 max_length=MAX_LENGTH, batch_size=BATCH, progress=report)
+            stamp.write_text(json.dumps(settings, indent=2) + "\n")
         paths[name] = out
     return paths

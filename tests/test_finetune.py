@@ -1,5 +1,6 @@
 """finetune_classifier on a tiny BERT built from a config: nothing is downloaded."""
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -101,3 +102,22 @@ def test_label_noise_is_seeded_and_keeps_class_counts():
     changed = sum(a != b for a, b in zip(labels, noisy))
     assert 0.2 * len(labels) < changed <= 0.4 * len(labels)
     assert noisy_labels(labels, 0.0, seed=7) == labels
+
+
+def test_demo_teachers_are_reused_only_with_the_same_settings(base, tmp_path, monkeypatch):
+    from pipeline import demo
+
+    monkeypatch.setattr(demo, "EPOCHS", 1)   # a real (short) fine-tune of each tiny teacher
+    folder = tmp_path / "teachers"
+    paths = demo.ensure_teachers(folder, base=base)
+    weights = {n: (p / "model.safetensors").stat().st_mtime_ns for n, p in paths.items()}
+    assert json.loads((paths["a"] / demo.STAMP).read_text())["epochs"] == 1
+
+    demo.ensure_teachers(folder, base=base)                 # same settings: nothing retrained
+    assert {n: (p / "model.safetensors").stat().st_mtime_ns for n, p in paths.items()} == weights
+
+    (paths["b"] / demo.STAMP).unlink()                      # as if interrupted before the stamp
+    monkeypatch.setattr(demo, "LR", demo.LR / 2)            # and a setting changed for all
+    demo.ensure_teachers(folder, base=base)
+    assert all((p / "model.safetensors").stat().st_mtime_ns != weights[n] for n, p in paths.items())
+    assert json.loads((paths["c"] / demo.STAMP).read_text())["lr"] == demo.LR

@@ -1,0 +1,74 @@
+"""`distill calibrate`: teachers cached over the labelled eval set, a fit per teacher, written back."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from typer.testing import CliRunner
+
+import tiny
+from flows.cli import app
+from pipeline.calibration import expected_calibration_error, fit_platt, fit_temperature
+from pipeline.config import load_config
+
+runner = CliRunner()
+
+
+def direct_logits(model_dir, texts):
+    """The teacher run directly (not through the cache), as the independent reference."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    with torch.no_grad():
+        return model(**tok(texts, padding=True, truncation=True, max_length=16,
+                           return_tensors="pt")).logits
+
+
+@pytest.mark.usefixtures("prefect")
+def test_calibrate_fits_each_teacher_on_the_eval_set_and_writes_the_config(project):
+    texts = tiny.sentences(80, seed=11)
+    teacher_a = direct_logits(project.root / "teacher-a", texts)
+    rng = random.Random(0)
+    # Gold agrees with teacher a's argmax on 3 of 4 rows, so its best temperature is a specific
+    # value: a row mix-up between cache and labels would move it far.
+    gold = [int(p) if rng.random() < 0.75 else rng.randrange(4) for p in teacher_a.argmax(1)]
+    tiny.write_jsonl(project.root / "heldout.jsonl",
+                     [{"text": t, "label": f"class{g}"} for t, g in zip(texts, gold)])
+    config = project.config(eval={"path": "heldout.jsonl"})
+
+    result = runner.invoke(app, ["calibrate", str(config), "--write"])
+    assert result.exit_code == 0, result.output
+    assert "temperature" in result.output and "wrote" in result.output
+
+    expected = fit_temperature(teacher_a, torch.tensor(gold))
+    written = {t.name: t.calibration for t in load_config(config).teachers}
+    assert written["a"].scale == pytest.approx(1 / expected, rel=1e-3)
+    assert written["a"].bias == 0.0 and written["b"].scale > 0
+    # The training corpus cache was not touched: only the eval plan was cached.
+    from storage.cache import Cache
+    sources = {Cache(project.cache).load_plan(p).source for p in Cache(project.cache).plan_ids()}
+    assert sources == {str(project.root / "heldout.jsonl")}
+
+
+def test_calibrate_without_an_eval_set_says_what_to_add(project):
+    result = runner.invoke(app, ["calibrate", str(project.config())])
+    assert result.exit_code == 2
+    assert "eval" in result.output and "label_column" in result.output
+
+
+def test_platt_recovers_a_known_logistic_map():
+    torch.manual_seed(0)
+    scores = torch.randn(20000, dtype=torch.float64) * 3
+    labels = torch.bernoulli(torch.sigmoid(0.5 * scores - 1.0))
+    scale, bias = fit_platt(scores, labels)
+    assert scale == pytest.approx(0.5, abs=0.03) and bias == pytest.approx(-1.0, abs=0.05)
+
+
+def test_expected_calibration_error_on_hand_made_rows():
+    # Two bins: confidence 0.9 right 1/2 times (gap 0.4), confidence 0.6 right 2/2 (gap 0.4).
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    gold = np.array([0, 1, 0, 1])
+    assert expected_calibration_error(probs, gold) == pytest.approx(0.4)
+    assert expected_calibration_error(np.array([[1.0, 0.0]]), np.array([0])) == pytest.approx(0.0)
