@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from concurrent.futures import ThreadPoolExecutor
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import hermetic_env, interleaved, report, save, wordnet_texts  # noqa: E402
+from bench.common import hermetic_env, in_worker_thread, interleaved, report, save, wordnet_texts  # noqa: E402
 
 hermetic_env()
 
@@ -47,17 +46,6 @@ def bare_loop(model, tokenizer, texts: list[str]) -> None:
             batch = tokenizer(texts[i:i + BATCH], padding=True, truncation=True,
                               max_length=MAX_LENGTH, return_tensors="pt")
             model(**batch)
-
-
-def in_worker_thread(fn, *args) -> None:
-    """Run `fn` in a fresh worker thread, as Prefect runs our shard tasks.
-
-    On our 2-core VMs the same PyTorch CPU forward loop measured 2.2x slower on the main thread
-    than on a worker thread (11.5 s vs 5.2 s for 320 equal-length texts, the runner and the bare
-    loop alike), so both sides run on worker threads to compare like with like.
-    """
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(fn, *args).result()
 
 
 def distill_cache(work: Path, teacher: Path, texts: list[str], tag: str):

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import hermetic_env, interleaved, report, save, wordnet_texts  # noqa: E402
+from bench.common import hermetic_env, in_worker_thread, interleaved, report, save, wordnet_texts  # noqa: E402
 
 hermetic_env()
 
@@ -157,7 +157,11 @@ def main() -> None:
                     student.step(batch)
             return time.perf_counter() - start
 
-        t = interleaved({"offline": offline, "online": online}, max(1, args.repeats - 1))
+        # Online KD is timed on the main thread and on a worker thread (see
+        # bench.common.in_worker_thread); the faster of the two is the baseline.
+        t = interleaved({"offline": offline, "online-main": online,
+                         "online-worker": lambda: in_worker_thread(online)}, max(1, args.repeats - 1))
+        t["online"] = min(t["online-main"], t["online-worker"])
         tokens = 32
         teacher_f = sum(encoder_flops(AutoConfig.from_pretrained(p), tokens) for p in teachers)
         student_f = encoder_flops(Student(labels).model.config, tokens)
@@ -165,8 +169,9 @@ def main() -> None:
         offline_f = teacher_f + EPOCHS * 3 * student_f
         flop_ratio = online_f / offline_f
         measured = t["online"] / t["offline"]
-        results["offline_vs_online"] = {"online_s": t["online"], "offline_s": t["offline"],
-                                        "flop_ratio": flop_ratio}
+        results["offline_vs_online"] = {"online_main_s": t["online-main"],
+                                        "online_worker_s": t["online-worker"],
+                                        "offline_s": t["offline"], "flop_ratio": flop_ratio}
         report("offline vs online (online wall time / cache once + train from cache)", measured,
                f"FLOP ratio {flop_ratio:.2f}; target >= {0.8 * flop_ratio:.2f}", results)
         report("offline vs online, measured / FLOP ratio", measured / flop_ratio, "target >= 0.8", results)

@@ -88,6 +88,7 @@ class TrainConfig(Strict):
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     seed: int = 0
     shuffle_buffer_shards: int = Field(2, ge=1)
+    group_by_length: bool = Field(True, description="batches of similar text length pad less")
     checkpoint_every: int = Field(0, ge=0, description="steps; 0 = only at the end")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     output: str = "runs/student"

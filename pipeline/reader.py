@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
 
 from pipeline.labels import LabelSpace
 from pipeline.methods.base import TeacherBatch
 from storage.aligned import AlignedCache, AlignedShard
 from storage.columns import to_matrix
+
+GROUP_FACTOR = 16   # steps per length-sorted mega-batch (HF's Trainer uses 50)
 
 
 @dataclass
@@ -38,6 +41,10 @@ class CacheStream:
 
     Epoch order: shards in a seeded permutation, rows shuffled within windows of
     `buffer_shards` consecutive shards (a shuffle buffer that needs no state to resume).
+    With `group_by_length`, each window is then cut into mega-batches of `GROUP_FACTOR` steps,
+    sorted by text length inside, and its step-sized chunks are shuffled: batches of similar
+    length pad far less (WordNet-12: 32 instead of 53 tokens per row on average), as in the
+    `group_by_length` of Hugging Face's Trainer, and the order stays a function of (seed, epoch).
     Rank r of `world` takes every world-th row of that order; ranks with one row fewer pad
     their last batch with a weight-0 row, so every rank runs the same number of steps (uneven
     step counts hang DDP) and every sample counts exactly once per epoch.
@@ -45,8 +52,10 @@ class CacheStream:
 
     def __init__(self, aligned: AlignedCache, labels: LabelSpace, batch_size: int, *, seed: int = 0,
                  shuffle: bool = True, buffer_shards: int = 2, rank: int = 0, world: int = 1,
-                 calibration: list[tuple[float, float]] | None = None):
+                 calibration: list[tuple[float, float]] | None = None, group_by_length: bool = False):
         self.aligned, self.labels, self.batch_size = aligned, labels, batch_size
+        self.group_by_length = group_by_length
+        self._lengths: dict[int, np.ndarray] = {}
         self.seed, self.shuffle, self.buffer_shards = seed, shuffle, buffer_shards
         self.rank, self.world = rank, world
         self.calibration = calibration or [(1.0, 0.0)] * len(aligned.manifests)
@@ -67,8 +76,33 @@ class CacheStream:
         for start in range(0, len(shards), self.buffer_shards):
             window = np.concatenate([np.stack([np.full(sizes[s], s), np.arange(sizes[s])], 1)
                                      for s in shards[start:start + self.buffer_shards]])
-            parts.append(window[rng.permutation(len(window))] if self.shuffle else window)
+            window = window[rng.permutation(len(window))] if self.shuffle else window
+            parts.append(self._group(window, rng) if self.group_by_length else window)
         return np.concatenate(parts)
+
+    def _group(self, window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Sort mega-batches of the window by text length, then shuffle its step-sized chunks
+        (the ragged tail stays last so that every other step is full on every rank)."""
+        step = self.batch_size * self.world
+        lengths = np.empty(len(window), dtype=np.int64)
+        for s in np.unique(window[:, 0]):
+            mask = window[:, 0] == s
+            lengths[mask] = self.text_lengths(int(s))[window[mask, 1]]
+        mega = step * GROUP_FACTOR
+        for start in range(0, len(window), mega):
+            part = slice(start, start + mega)
+            window[part] = window[part][np.argsort(lengths[part], kind="stable")]
+        full = len(window) // step
+        chunks = rng.permutation(full) if self.shuffle else np.arange(full)
+        order = (chunks[:, None] * step + np.arange(step)).ravel()
+        return np.concatenate([window[order], window[full * step:]])
+
+    def text_lengths(self, shard: int) -> np.ndarray:
+        """Characters per row of a plan text shard (a cheap proxy for tokens), read once."""
+        if shard not in self._lengths:
+            text = self.aligned.cache.read_text_shard(self.aligned.plan, shard).column("text")
+            self._lengths[shard] = pc.utf8_length(text).to_numpy(zero_copy_only=False)
+        return self._lengths[shard]
 
     def rank_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         mine = self.order(epoch)[self.rank::self.world]

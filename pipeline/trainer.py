@@ -139,7 +139,7 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
     stream = CacheStream(aligned, labels, train_cfg.batch_size, seed=train_cfg.seed,
                          buffer_shards=train_cfg.shuffle_buffer_shards,
                          rank=accelerator.process_index, world=accelerator.num_processes,
-                         calibration=calibration)
+                         calibration=calibration, group_by_length=train_cfg.group_by_length)
     ensemble = make_method(method_name, temperature=train_cfg.temperature, **train_cfg.method_options)
     source, layers, pick = student_source(config)
     model, tokenizer = build_student(source, labels, layers, pick)

@@ -40,7 +40,7 @@ def test_calibrate_fits_each_teacher_on_the_eval_set_and_writes_the_config(proje
 
     result = runner.invoke(app, ["calibrate", str(config), "--write"])
     assert result.exit_code == 0, result.output
-    assert "temperature" in result.output and "wrote" in result.output
+    assert "calibration on the eval set" in result.output and "wrote" in result.output
 
     expected = fit_temperature(teacher_a, torch.tensor(gold))
     written = {t.name: t.calibration for t in load_config(config).teachers}

@@ -108,6 +108,8 @@ def test_demo_teachers_are_reused_only_with_the_same_settings(base, tmp_path, mo
     from pipeline import demo
 
     monkeypatch.setattr(demo, "EPOCHS", 1)   # a real (short) fine-tune of each tiny teacher
+    monkeypatch.setattr(demo, "TRAIN_LAYERS", 2)   # the tiny base: 2 layers, 32 positions
+    monkeypatch.setattr(demo, "MAX_LENGTH", 24)
     folder = tmp_path / "teachers"
     paths = demo.ensure_teachers(folder, base=base)
     weights = {n: (p / "model.safetensors").stat().st_mtime_ns for n, p in paths.items()}

@@ -40,27 +40,41 @@ def test_batches_carry_aligned_teacher_logits(cached):
     assert batch.texts[0] == Cache(project.cache).read_text_shard(aligned.plan, 0).column("text")[0].as_py()
 
 
-def test_shuffle_is_a_function_of_seed_and_epoch(cached):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_shuffle_is_a_function_of_seed_and_epoch(cached, grouped):
     _, aligned, labels = cached
     plan_order = [i for s in range(len(aligned)) for i in
                   aligned.read(s).text.column("sample_id").to_pylist()]
-    a = CacheStream(aligned, labels, batch_size=16, seed=1)
+    a = CacheStream(aligned, labels, batch_size=16, seed=1, group_by_length=grouped)
     e0, e1 = _ids(a, 0), _ids(a, 1)
     assert sorted(e0) == sorted(e1) == sorted(plan_order) and e0 != e1 != plan_order
-    assert _ids(CacheStream(aligned, labels, batch_size=16, seed=1), 0) == e0
-    assert _ids(CacheStream(aligned, labels, batch_size=16, seed=2), 0) != e0
+    assert _ids(CacheStream(aligned, labels, batch_size=16, seed=1, group_by_length=grouped), 0) == e0
+    assert _ids(CacheStream(aligned, labels, batch_size=16, seed=2, group_by_length=grouped), 0) != e0
     assert _ids(a, 1, start=3) == e1[3 * 16:]  # resume mid-epoch = the same remaining batches
 
 
-def test_two_ranks_see_every_row_once_per_epoch_with_equal_step_counts(cached):
+def test_length_grouping_makes_batches_of_similar_length(cached):
     _, aligned, labels = cached
-    ranks = [CacheStream(aligned, labels, batch_size=16, seed=3, rank=r, world=2) for r in (0, 1)]
+
+    def spread(stream):   # mean over batches of (longest - shortest text), in characters
+        return np.mean([np.ptp([len(t) for t in b.texts]) for b in stream.epoch(0)])
+
+    plain = spread(CacheStream(aligned, labels, batch_size=8, seed=1))
+    grouped = spread(CacheStream(aligned, labels, batch_size=8, seed=1, group_by_length=True))
+    assert grouped < plain / 2, (grouped, plain)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_two_ranks_see_every_row_once_per_epoch_with_equal_step_counts(cached, grouped):
+    _, aligned, labels = cached
+    ranks = [CacheStream(aligned, labels, batch_size=16, seed=3, rank=r, world=2,
+                         group_by_length=grouped) for r in (0, 1)]
     assert ranks[0].batches_per_epoch() == ranks[1].batches_per_epoch() == 5  # 65 rows each
     real = []
     for stream in ranks:
         for b in stream.epoch(0):
             real += [i for i, w in zip(b.sample_ids.tolist(), b.weights.tolist()) if w == 1]
-    single = _ids(CacheStream(aligned, labels, batch_size=16, seed=3), 0)
+    single = _ids(CacheStream(aligned, labels, batch_size=16, seed=3, group_by_length=grouped), 0)
     assert sorted(real) == sorted(single) and len(real) == 130
 
 
