@@ -75,9 +75,20 @@ class StudentConfig(Strict):
     max_length: int = Field(128, ge=2)
 
 
+class FeatureLossConfig(Strict):
+    """ADM-style feature distillation from cached teacher features (pipeline/features.py)."""
+
+    weight: float = Field(1.0, gt=0, description="added to the logit method's loss with this factor")
+    layer: int = Field(-1, description="student hidden-state index")
+    consensus: bool = Field(True, description="ADM consensus weights; false = uniform weights")
+    tau: float = Field(0.1, gt=0, description="temperature of the consensus softmax over positions")
+    distance: Literal["cosine", "mse"] = "cosine"
+
+
 class TrainConfig(Strict):
     method: str = "mean"
     method_options: dict = Field(default_factory=dict)
+    features: FeatureLossConfig | None = None
     temperature: float = Field(2.0, gt=0)
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)

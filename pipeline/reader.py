@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
+from pipeline.features import TeacherFeatures, feature_layout
 from pipeline.labels import LabelSpace
 from pipeline.methods.base import TeacherBatch
 from storage.aligned import AlignedCache, AlignedShard
@@ -34,6 +35,7 @@ class Batch:
     sample_ids: np.ndarray
     teachers: TeacherBatch
     weights: torch.Tensor      # [B]: 1, or 0 for rows that only pad a rank's last batch
+    features: list[TeacherFeatures | None] | None = None   # per teacher, when requested
 
 
 class CacheStream:
@@ -52,9 +54,11 @@ class CacheStream:
 
     def __init__(self, aligned: AlignedCache, labels: LabelSpace, batch_size: int, *, seed: int = 0,
                  shuffle: bool = True, buffer_shards: int = 2, rank: int = 0, world: int = 1,
-                 calibration: list[tuple[float, float]] | None = None, group_by_length: bool = False):
+                 calibration: list[tuple[float, float]] | None = None, group_by_length: bool = False,
+                 features: bool = False):
         self.aligned, self.labels, self.batch_size = aligned, labels, batch_size
         self.group_by_length = group_by_length
+        self.features = [feature_layout(m) if features else None for m in aligned.manifests]
         self._lengths: dict[int, np.ndarray] = {}
         self.seed, self.shuffle, self.buffer_shards = seed, shuffle, buffer_shards
         self.rank, self.world = rank, world
@@ -138,9 +142,29 @@ class CacheStream:
             for k, table in enumerate(shard.teachers):
                 per_teacher[k].append((picks, table.take(take)))
         n = len(rows)
+        features = [self._features(parts, layout, n) if layout else None
+                    for parts, layout in zip(per_teacher, self.features)]
         return Batch(texts=_scatter_list(texts, n), sample_ids=_scatter_array(ids, n),
                      teachers=self._teacher_batch(per_teacher, n),
-                     weights=torch.from_numpy(weights.copy()))
+                     weights=torch.from_numpy(weights.copy()),
+                     features=features if any(self.features) else None)
+
+    @staticmethod
+    def _features(parts, layout: tuple[int, bool], n: int) -> TeacherFeatures:
+        """Pooled features as [B, 1, D]; token-level ones zero-padded to [B, T_max, D] + mask."""
+        width, pooled = layout
+        if pooled:
+            values = torch.from_numpy(_scatter_matrix(parts, "features", n)).unsqueeze(1)
+            valid = torch.isfinite(values).all(-1)              # skipped rows are stored as null
+            return TeacherFeatures(values.nan_to_num(0.0), valid, pooled=True)
+        rows = _scatter_list([(p, _token_blocks(t.column("features"))) for p, t in parts], n)
+        longest = max(len(r) for r in rows)
+        values = torch.zeros(n, longest, width)
+        mask = torch.zeros(n, longest, dtype=torch.bool)
+        for i, block in enumerate(rows):
+            values[i, :len(block)] = torch.from_numpy(block.astype(np.float32))
+            mask[i, :len(block)] = True
+        return TeacherFeatures(values, mask, pooled=False)
 
     def _teacher_batch(self, per_teacher, n: int) -> TeacherBatch:
         K, C = len(per_teacher), self.labels.num_labels
@@ -164,6 +188,14 @@ class CacheStream:
                                     for p, t in parts], n)).float())
         return TeacherBatch(logits=logits, covered=self.covered, valid=valid,
                             mc_probs=mc_probs, mc_entropy=mc_entropy)
+
+
+def _token_blocks(column) -> list[np.ndarray]:
+    """list<fixed_size_list<float16>[D]> -> one [T_i, D] array per row (views of one buffer)."""
+    column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    matrix = to_matrix(column.flatten())
+    offsets = column.offsets.to_numpy() - column.offsets[0].as_py()
+    return [matrix[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 def _scatter_array(parts: list[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:

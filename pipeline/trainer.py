@@ -22,12 +22,14 @@ from pipeline.config import ConfigError, DistillConfig, TrainConfig
 from pipeline.evaluate import evaluate
 from pipeline.labels import LabelSpace, build_label_space
 from pipeline.methods import make_method
-from pipeline.methods.base import TeacherBatch
+from pipeline.features import FeatureDistiller, feature_widths
+from pipeline.methods.base import MethodOutput, TeacherBatch
 from pipeline.reader import Batch, CacheStream, prefetch
 from pipeline.student import build_student
-from pipeline.teacher import resolve_model_dir
+from pipeline.teacher import fingerprint, identify, resolve_model_dir
 from storage.aligned import AlignedCache
 from storage.cache import Cache
+from storage.records import CacheError
 
 
 @dataclass
@@ -69,19 +71,58 @@ def teacher_batch_to(batch: TeacherBatch, device) -> TeacherBatch:
                         move(batch.mc_probs), move(batch.mc_entropy))
 
 
-def distill_loss(model, tokenizer, method, batch: Batch, device, max_length: int):
-    """One batch: tokenize, run the student, let the ensemble method build the loss."""
+@dataclass
+class FeatureTerm:
+    """The feature loss added to the method's: its module (projectors), student layer and weight."""
+
+    distiller: torch.nn.Module
+    layer: int
+    weight: float
+
+
+def distill_loss(model, tokenizer, method, batch: Batch, device, max_length: int,
+                 features: FeatureTerm | None = None) -> MethodOutput:
+    """One batch: tokenize, run the student, let the ensemble method build the loss (plus the
+    feature loss on the student's hidden states when `features` is given)."""
     inputs = tokenizer(batch.texts, padding=True, truncation=True, max_length=max_length,
                        return_tensors="pt").to(device)
-    logits = model(**inputs).logits.float()
-    return method(logits, teacher_batch_to(batch.teachers, device), batch.weights.to(device))
+    out = model(**inputs, output_hidden_states=features is not None)
+    weights = batch.weights.to(device)
+    result = method(out.logits.float(), teacher_batch_to(batch.teachers, device), weights)
+    if features is None:
+        return result
+    cached = [f.to(device) if f is not None else None for f in batch.features]
+    loss, metrics = features.distiller(out.hidden_states[features.layer], inputs["attention_mask"],
+                                       cached, weights)
+    return MethodOutput(result.loss + features.weight * loss,
+                        {**result.metrics, "features/loss": loss.item(), **metrics})
 
 
 def open_caches(config: DistillConfig) -> AlignedCache:
-    """The complete caches of the config's teachers (by name) over the config's corpus."""
+    """The complete caches that the config's teachers, with their current weights and settings,
+    wrote over the config's corpus: found by the teacher id the caching flow gives them, so a
+    cache written with other settings under the same name (say, without features) is not used."""
     cache = Cache(config.cache)
-    plans = AlignedCache.plans_for(cache, config.corpus.path, config.corpus.rows_per_shard)
-    return AlignedCache(cache, [t.name for t in config.teachers], plan_ids=plans)
+    plans = sorted(AlignedCache.plans_for(cache, config.corpus.path, config.corpus.rows_per_shard))
+    if not plans:
+        raise CacheError(f"{config.source}: no cache of corpus {config.corpus.path} (rows_per_shard "
+                         f"{config.corpus.rows_per_shard}) in {cache.location}; run `distill cache "
+                         f"{config.source}` first")
+    expected = {p: [identify(t, p, f"{config.source}: teachers[{t.name}]").teacher_id
+                    for t in config.teachers] for p in plans}
+    complete = [p for p, ids in expected.items()
+                if all((m := cache.find_manifest(i)) is not None and m.complete for i in ids)]
+    if len(complete) > 1:
+        raise CacheError(f"{config.source}: the teachers have complete caches over several versions of "
+                         f"corpus {config.corpus.path} (plans {', '.join(complete)}); delete the stale "
+                         f"corpora/<plan> folder in {cache.location} or give the new corpus a new path")
+    plan = complete[0] if complete else plans[-1]
+    missing = [t.name for t, i in zip(config.teachers, expected[plan]) if cache.find_manifest(i) is None]
+    if missing:
+        raise CacheError(f"{config.source}: no cache of teacher(s) {', '.join(missing)} with the "
+                         f"config's current weights and settings over corpus {config.corpus.path}; "
+                         f"run `distill cache {config.source}` first")
+    return AlignedCache(cache, expected[plan], plan_ids={plan})
 
 
 def label_space(config: DistillConfig, aligned: AlignedCache) -> LabelSpace:
@@ -139,19 +180,24 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
     stream = CacheStream(aligned, labels, train_cfg.batch_size, seed=train_cfg.seed,
                          buffer_shards=train_cfg.shuffle_buffer_shards,
                          rank=accelerator.process_index, world=accelerator.num_processes,
-                         calibration=calibration, group_by_length=train_cfg.group_by_length)
+                         calibration=calibration, group_by_length=train_cfg.group_by_length,
+                         features=train_cfg.features is not None)
     ensemble = make_method(method_name, temperature=train_cfg.temperature, **train_cfg.method_options)
     source, layers, pick = student_source(config)
     model, tokenizer = build_student(source, labels, layers, pick)
+    features = _feature_term(train_cfg, model, source, aligned)
     head = {id(p) for n, p in model.named_parameters() if _is_head(n)}
+    new = [p for p in model.parameters() if id(p) in head] + \
+        (list(features.distiller.parameters()) if features else [])
     groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": train_cfg.lr},
-              {"params": [p for p in model.parameters() if id(p) in head],
-               "lr": train_cfg.head_lr or train_cfg.lr}]
+              {"params": new, "lr": train_cfg.head_lr or train_cfg.lr}]
     optimizer = torch.optim.AdamW(groups, weight_decay=train_cfg.weight_decay)
     steps_per_epoch = -(-stream.batches_per_epoch() // train_cfg.grad_accumulation)
     total = steps_per_epoch * train_cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total), total)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if features:  # prepared too, so checkpoints hold the projectors and DDP syncs them
+        features.distiller = accelerator.prepare(features.distiller)
 
     cursor = Cursor()
     checkpoints = out / "checkpoints"
@@ -166,7 +212,7 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
         for b, batch in enumerate(batches, start=cursor.batch if epoch == cursor.epoch else 0):
             with accelerator.accumulate(model):
                 result = distill_loss(model, tokenizer, ensemble, batch, accelerator.device,
-                                      config.student.max_length)
+                                      config.student.max_length, features)
                 accelerator.backward(result.loss)
                 optimizer.step()
                 scheduler.step()
@@ -202,6 +248,18 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
         _save_student(student, tokenizer, out, report)
     accelerator.wait_for_everyone()
     return report
+
+
+def _feature_term(train_cfg: TrainConfig, model, source: Path, aligned: AlignedCache) -> FeatureTerm | None:
+    """The ADM feature loss when `train.features` is set: one projector per teacher with cached
+    features (they are training-only and not saved with the student)."""
+    cfg = train_cfg.features
+    if cfg is None:
+        return None
+    widths = feature_widths(aligned.manifests, fingerprint(source)["tokenizer_sha256"])
+    distiller = FeatureDistiller(model.config.hidden_size, widths, consensus=cfg.consensus,
+                                 tau=cfg.tau, distance=cfg.distance)
+    return FeatureTerm(distiller, cfg.layer, cfg.weight)
 
 
 def _is_head(name: str) -> bool:

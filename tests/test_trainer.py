@@ -18,6 +18,7 @@ from flows.cli import app
 from pipeline.config import ConfigError, load_config
 from pipeline.trainer import train
 from storage.cache import Cache
+from storage.records import CacheError
 
 pytestmark = pytest.mark.usefixtures("prefect")
 
@@ -78,6 +79,16 @@ def test_student_config_errors(project):
     config = load_config(_config(project))
     config.student.from_teacher = None
     with pytest.raises(ConfigError, match="student needs exactly one of"):
+        train(config)
+
+
+def test_train_uses_only_caches_written_with_the_current_teacher_settings(project):
+    config = load_config(_config(project))
+    config.teachers[1].max_length = 12          # cached with 16: a different teacher id
+    with pytest.raises(CacheError, match=r"teacher\(s\) b with the config's current weights"):
+        train(config)
+    config.corpus.rows_per_shard = 7            # no plan of the corpus with this sharding
+    with pytest.raises(CacheError, match="no cache of corpus"):
         train(config)
 
 
