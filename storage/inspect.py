@@ -172,8 +172,9 @@ class _TeacherStats:
     def to_json(self) -> dict:
         m, entries = self.m, self.entries
         missing = [i for i in range(len(self.plan.shards)) if i not in entries]
+        kind = "causal-lm" if self.lm else m.settings.get("kind", "classification")
         stats = {"name": m.name, "title": self.title, "teacher_id": m.teacher_id,
-                 "plan_id": m.plan_id, "kind": "causal-lm" if self.lm else m.settings.get("kind", "classification"),
+                 "plan_id": m.plan_id, "kind": kind,
                  "model": m.settings.get("model"), "num_labels": m.settings.get("num_labels"),
                  "rows": sum(e.rows for e in entries.values()), "shards": len(entries),
                  "plan_shards": len(self.plan.shards), "missing_shards": missing,
