@@ -2,7 +2,8 @@
 
 One task per shard, retried on transient errors, never run for a shard already published
 (and verified). Teacher inference is I/O-light and compute-heavy, so shard tasks of one teacher
-share one loaded model; teachers run side by side up to a concurrency limit.
+share one loaded model; teachers run side by side up to a concurrency limit. A finished teacher
+cache is published as Prefect artifacts (flows/artifacts.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.artifacts import publish_cache
 from flows.progress import reporter
 from pipeline.caching import NonFiniteOutput, TeacherCache, release_runner
 from pipeline.config import ConfigError, DistillConfig, load_config
@@ -76,6 +78,7 @@ def cache_teacher(config: str | DistillConfig, teacher: str, plan: Plan | None =
     if failed:
         failed[0].result()  # re-raise the first failure after every other shard has landed
     manifest = cached.finalize()
+    publish_cache(cached.cache, manifest, computed=len(todo), recomputed=len(problems))
     summary = {"teacher": teacher, "teacher_id": cached.teacher_id, "plan_id": plan.plan_id,
                "rows": sum(s.rows for s in manifest.shards), "shards": len(manifest.shards),
                "computed": len(todo), "recomputed": len(problems), "bytes": sum(s.bytes for s in manifest.shards)}

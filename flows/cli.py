@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Offline teacher caches and label-free ensemble distillation.")
@@ -32,7 +33,7 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -120,26 +121,84 @@ def calibrate(config: Path = typer.Argument(..., help="the YAML config; its `eva
 
 @app.command()
 def inspect(cache: str = typer.Argument(..., help="cache location: a path or fsspec URL"),
-            teacher: Optional[list[str]] = typer.Option(None, "--teacher", "-t"),
+            teacher: Optional[list[str]] = typer.Option(None, "--teacher", "-t",
+                                                         help="only this teacher (repeatable)"),
             verify: bool = typer.Option(False, help="also check every shard's checksum"),
+            plots: Optional[Path] = typer.Option(None, help="write the PNG plots into this folder"),
+            html: Optional[Path] = typer.Option(None, help="write one self-contained HTML report"),
+            labels: Optional[str] = typer.Option(None, help="a labelled .jsonl/.csv/.tsv/.parquet "
+                                                 "file: per-teacher accuracy and reliability"),
+            label_column: str = typer.Option("label", help="the gold label column of --labels"),
+            text_column: str = typer.Option("text", help="the text column of --labels"),
+            examples: int = typer.Option(10, help="most disagreed-on texts to show"),
+            sql: Optional[str] = typer.Option(None, help="run this SQL (DuckDB) over the cache "
+                                              "instead; views: texts and one per teacher"),
             as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
-    """What is in a cache: rows, shards, bytes, completeness, confidence, agreement."""
+    """What is in a cache: coverage, confidence, labels, agreement, disagreement, plots, SQL."""
     from flows.tables import print_report
     from storage.cache import Cache
     from storage.inspect import inspect_cache
+    from storage.labelled import read_labels
     from storage.records import CacheError
 
     location = Cache(cache)
     if not location.fs.exists(location.root):
         _fail(f"{cache} does not exist")
+    if sql is not None:
+        _print_sql(location, sql, teacher, as_json)
+        return
     try:
-        report = inspect_cache(location, teacher, verify=verify)
+        gold = read_labels(labels, label_column, text_column) if labels else None
+        report = inspect_cache(location, teacher, verify=verify, labels=gold, examples=examples)
     except CacheError as e:
         _fail(str(e))
+    if plots or html:
+        _write_plots(report, plots, html)
     if as_json:
         print(json.dumps(report, indent=2))
         return
     print_report(report, console)
+
+
+def _print_sql(cache, query: str, teachers: list[str] | None, as_json: bool) -> None:
+    from flows.tables import print_rows
+    from inspection.sql import SqlError, run_sql
+    from storage.records import CacheError
+
+    try:
+        result = run_sql(cache, query, teachers)
+    except (SqlError, CacheError) as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(result.to_pylist(), indent=2, default=_json_value))
+    else:
+        print_rows(result, console)
+
+
+def _json_value(value):
+    """SQL results hold more than JSON's types: decimals (DuckDB's sums) become numbers, the
+    rest (dates, bytes, ...) text."""
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
+
+
+def _write_plots(report: dict, folder: Path | None, html_file: Path | None) -> None:
+    from inspection.html import render_html
+    from inspection.plots import render_plots
+
+    pngs = render_plots(report)
+    if folder:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, png in pngs.items():
+            (folder / name).write_bytes(png)
+        err_console.print(f"wrote {len(pngs)} plots to {folder}")
+    if html_file:
+        html_file.parent.mkdir(parents=True, exist_ok=True)
+        html_file.write_text(render_html(report, pngs), encoding="utf-8")
+        err_console.print(f"wrote {html_file}")
 
 
 @app.command()

@@ -2,39 +2,29 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-
-def _fmt(value, spec=".3f") -> str:
-    return "-" if value is None else format(value, spec)
+from inspection.sections import fmt, sections
 
 
 def print_report(report: dict, console: Console) -> None:
-    plans = Table("plan", "source", "rows", "shards", "skipped empty", "skipped non-string",
-                  title=f"cache {report['cache']}")
-    for p in report["plans"]:
-        plans.add_row(p["plan_id"], p["source"], f"{p['rows']:,}", str(p["shards"]),
-                      str(p["skipped_empty"]), str(p["skipped_non_string"]))
-    console.print(plans)
-    teachers = Table("teacher", "id", "plan", "rows", "shards", "MiB", "complete", "truncated",
-                     "non-finite", "entropy", "margin", "MC entropy")
-    for t in report["teachers"]:
-        teachers.add_row(t["name"], t["teacher_id"], t["plan_id"], f"{t['rows']:,}",
-                         f"{t['shards']}/{t['plan_shards']}", f"{t['bytes'] / 2**20:.2f}",
-                         "yes" if t["complete"] else "[red]no[/]", str(t["truncated_rows"]),
-                         str(t["nonfinite_rows"]), _fmt(t["mean_entropy"]), _fmt(t["mean_margin"]),
-                         _fmt(t.get("mean_mc_entropy")))
-    console.print(teachers)
-    for t in report["teachers"]:
-        for problem in t["problems"]:
-            console.print(f"[yellow]problem[/] {t['name']}: {problem}")
-    if report["agreement"]:
-        agree = Table("teacher", "teacher", "rows", "argmax agreement", title="pairwise agreement")
-        for a in report["agreement"]:
-            agree.add_row(a["a"], a["b"], f"{a['rows']:,}", _fmt(a["agreement"]) + (
-                f" ({a['note']})" if a.get("note") else ""))
-        console.print(agree)
+    """The inspect report's tables (inspection/sections.py), as the HTML report has them."""
+    for section in sections(report, text_width=120):
+        table = Table(*section.headers, title=section.title)
+        for row in section.rows:
+            table.add_row(*(Text(cell) for cell in row))
+        console.print(table)
+
+
+def print_rows(result: pa.Table, console: Console) -> None:
+    """A SQL result: one column per result column, values as Python prints them."""
+    table = Table(*result.column_names, caption=f"{result.num_rows:,} rows")
+    for row in zip(*(column.to_pylist() for column in result.columns)):
+        table.add_row(*(Text("NULL" if v is None else str(v)) for v in row))
+    console.print(table)
 
 
 def print_cache_summary(summaries: list[dict], cache: str, console: Console) -> None:
@@ -49,7 +39,7 @@ def print_cache_summary(summaries: list[dict], cache: str, console: Console) -> 
 def print_train_summary(summary: dict, console: Console) -> None:
     table = Table("method", "steps", "seconds", *summary.get("eval", {}).keys(), title="student")
     table.add_row(summary["method"], str(summary["steps"]), f"{summary['train_seconds']:.1f}",
-                  *(_fmt(v) if isinstance(v, float) else str(v) for v in summary.get("eval", {}).values()))
+                  *(fmt(v) if isinstance(v, float) else str(v) for v in summary.get("eval", {}).values()))
     console.print(table)
 
 
@@ -60,7 +50,7 @@ def print_calibration(fits: list[dict], console: Console) -> None:
         if f["kind"] == "temperature":
             nll = f"{f['nll_before']:.3f} → {f['nll_after']:.3f}"
             ece = f"{f['ece_before']:.3f} → {f['ece_after']:.3f}"
-            accuracy = _fmt(f["accuracy"])
+            accuracy = fmt(f["accuracy"])
         else:
             nll, ece, accuracy = f"{f['loss_before']:.3f} → {f['loss_after']:.3f}", "-", "-"
         table.add_row(f["teacher"], f"{f['kind']}" + (f" T={f['temperature']:.3f}" if "temperature" in f else ""),

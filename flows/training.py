@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from flows.artifacts import publish_training
 from flows.progress import reporter
 from pipeline.config import DistillConfig, load_config
 from pipeline.trainer import Progress, train
@@ -18,9 +19,11 @@ def progress_for(method: str) -> Progress:
 @flow(name="train-student")
 def train_student(config: str | DistillConfig, method: str | None = None,
                   resume: bool = False) -> dict:
-    """Stream the caches, ensemble the teachers with `method`, save student and report."""
+    """Stream the caches, ensemble the teachers with `method`, save student and report, and
+    publish the report (metrics table, loss curve) as Prefect artifacts."""
     config = config if isinstance(config, DistillConfig) else load_config(config)
     name = method or (config.train.method if config.train else "mean")
     report = train(config, method=method, resume=resume, progress=progress_for(name))
+    publish_training(report)
     get_run_logger().info("student %s: %s", name, report.get("eval"))
     return {k: v for k, v in report.items() if k not in ("history", "config")}

@@ -1,17 +1,28 @@
-"""What is in a cache: coverage, confidence and agreement, computed with numpy only.
+"""What is in a cache: coverage, confidence, predicted labels, accuracy against an optional
+labelled file, and how the teachers agree and where they disagree most.
 
-Statistics stream shard by shard, so inspecting a large cache keeps memory flat.
+One pass, plan by plan and shard index by shard index: every teacher's shard i is read once,
+its statistics are added into fixed-size summaries, and the teachers of one plan are compared
+row by row on it. Memory stays flat for caches of any size. numpy and pyarrow only (no torch),
+so `distill inspect` works from the base install.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from itertools import combinations
 
 import numpy as np
+import pyarrow as pa
 
 from storage.cache import Cache
 from storage.columns import to_matrix
-from storage.records import TeacherManifest
+from storage.lm_tokens import TokenStats, is_lm_cache
+from storage.records import CacheError, Plan, TeacherManifest
+from storage.summaries import Histogram, Reliability
+
+EXAMPLES = 10
+"""How many most-disagreed-on texts the report keeps per group of comparable teachers."""
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
@@ -31,79 +42,226 @@ def confidence(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return h, top2[:, 1] - top2[:, 0]
 
 
-def inspect_cache(cache: Cache, teachers: list[str] | None = None, verify: bool = False) -> dict:
-    """A JSON-ready report: plans, then per teacher rows/shards/bytes/completeness/confidence,
-    then pairwise argmax agreement between teachers of the same plan."""
-    manifests = [m for m in cache.manifests()
-                 if not teachers or m.name in teachers or m.teacher_id in teachers]
-    plans = {pid: cache.load_plan(pid) for pid in {m.plan_id for m in manifests} | set(cache.plan_ids())}
+def disagreement(probs: list[np.ndarray]) -> np.ndarray:
+    """Per row, the teachers' mutual information H(mean p) - mean H(p), normalised by log C:
+    0 when all teachers give the same distribution, larger the more they pull apart (the same
+    quantity as `mc_mutual_info`, with teachers in place of dropout passes)."""
+    spread = confidence(np.mean(probs, axis=0))[0] - np.mean([confidence(p)[0] for p in probs], axis=0)
+    return np.clip(spread, 0.0, None)
+
+
+def class_names(m: TeacherManifest) -> list[str]:
+    """The names of a teacher's predicted classes; a single relevance score predicts its sign."""
+    names = m.settings.get("labels") or []
+    return ["score < 0", "score ≥ 0"] if m.settings.get("num_labels") == 1 else list(names)
+
+
+def select_manifests(cache: Cache, teachers: list[str] | None = None) -> list[TeacherManifest]:
+    """The teacher caches to inspect (all, or those named by name or teacher id), by name."""
+    manifests = sorted(cache.manifests(), key=lambda m: (m.name, m.plan_id))
+    if not teachers:
+        return manifests
+    unknown = [t for t in teachers if not any(t in (m.name, m.teacher_id) for m in manifests)]
+    if unknown:
+        here = ", ".join(sorted({m.name for m in manifests})) or "none"
+        raise CacheError(f"no teacher named or with id {', '.join(map(repr, unknown))} in "
+                         f"{cache.location} (teachers here: {here}); check --teacher")
+    return [m for m in manifests if m.name in teachers or m.teacher_id in teachers]
+
+
+def inspect_cache(cache: Cache, teachers: list[str] | None = None, verify: bool = False,
+                  labels: dict[int, object] | None = None, examples: int = EXAMPLES) -> dict:
+    """A JSON-ready report: plans; per teacher coverage, confidence histograms, predicted
+    labels, MC-dropout and per-token (causal LM) statistics, accuracy and calibration when
+    `labels` ({sample_id: label}) are given; pairwise argmax agreement and the texts the
+    teachers of one plan and label set disagree on most."""
+    manifests = select_manifests(cache, teachers)
+    plans = {pid: cache.load_plan(pid)
+             for pid in sorted({m.plan_id for m in manifests} | set(cache.plan_ids()))}
+    repeated = {n for n, count in Counter(m.name for m in manifests).items() if count > 1}
+    stats = [_TeacherStats(cache, m, plans[m.plan_id], verify, labels,
+                           f"{m.name} ({m.plan_id[:8]})" if m.name in repeated else m.name)
+             for m in manifests]
+    comparisons = []
+    for plan in plans.values():
+        comparison = _PlanComparison(cache, plan, [s for s in stats if s.m.plan_id == plan.plan_id],
+                                     labels, examples)
+        for index in range(len(plan.shards)):
+            probs = {s: s.add(cache.read_shard(s.m.teacher_id, index))
+                     for s in comparison.teachers if s.readable(index)}
+            comparison.add(index, probs)
+        comparisons.append(comparison)
     report = {"cache": cache.location,
               "plans": [{"plan_id": p.plan_id, "source": p.source, "rows": p.rows,
                          "shards": len(p.shards), "skipped_empty": p.skipped.empty,
                          "skipped_non_string": p.skipped.non_string} for p in plans.values()],
-              "teachers": [], "agreement": []}
-    predictions: dict[str, dict[int, np.ndarray]] = {}
-    for m in manifests:
-        stats, preds = _teacher_stats(cache, m, len(plans[m.plan_id].shards), verify)
-        report["teachers"].append(stats)
-        predictions[m.teacher_id] = preds
-    for a, b in combinations(manifests, 2):
-        if a.plan_id == b.plan_id:
-            report["agreement"].append(_agreement(a, b, predictions))
+              "teachers": [s.to_json() for s in stats],
+              "agreement": [a for c in comparisons for a in c.agreement_json()],
+              "disagreements": [d for c in comparisons for d in c.disagreements_json()]}
+    if labels is not None:
+        report["labelled_rows"] = len(labels)
     return report
 
 
-def _teacher_stats(cache: Cache, m: TeacherManifest, plan_shards: int, verify: bool):
-    entries = cache.published_shards(m.teacher_id)
-    problems = [p for e in entries.values() if (p := cache.shard_problem(m.teacher_id, e, verify))]
-    entropy_sum = margin_sum = rows_scored = 0.0
-    mc_entropy = []
-    preds: dict[int, np.ndarray] = {}
-    for index in sorted(entries):
-        if any(entries[index].file in p for p in problems):
-            continue
-        table = cache.read_shard(m.teacher_id, index)
+class _TeacherStats:
+    """Everything the report says about one teacher cache, added up shard by shard."""
+
+    def __init__(self, cache: Cache, m: TeacherManifest, plan: Plan, verify: bool,
+                 labels: dict[int, object] | None, title: str):
+        self.m, self.plan, self.title, self.labels = m, plan, title, labels
+        self.entries = cache.published_shards(m.teacher_id)
+        self.problems = {i: p for i, e in self.entries.items()
+                         if (p := cache.shard_problem(m.teacher_id, e, verify))}
+        self.lm = is_lm_cache(m.columns)
+        self.scores = m.settings.get("num_labels") == 1
+        self.class_names = class_names(m)
+        self.histograms = {k: Histogram() for k in ("entropy", "margin", "mc_entropy", "mc_mutual_info")}
+        self.predicted = Counter()
+        self.tokens = TokenStats() if self.lm else None
+        self.reliability = Reliability() if labels is not None else None
+        self.label_ids = np.fromiter(labels or (), np.int64, len(labels or ()))
+        self.unknown_labels = 0
+
+    def readable(self, index: int) -> bool:
+        return index in self.entries and index not in self.problems
+
+    def add(self, table: pa.Table) -> np.ndarray | None:
+        """Add one shard; return its class probabilities [rows, C] (NaN rows where the teacher
+        failed), or None for a causal-LM cache."""
+        if self.lm:
+            self.tokens.add(table)
+            return None
         logits = to_matrix(table.column("logits"))
         ok = np.isfinite(logits).all(axis=1)
         p = probabilities(logits[ok])
         h, margin = confidence(p)
-        entropy_sum += h.sum()
-        margin_sum += margin.sum()
-        rows_scored += ok.sum()
-        pred = np.full(len(logits), -1)
-        pred[ok] = p.argmax(axis=1) if logits.shape[1] > 1 else p[:, 1] > 0.5
-        preds[index] = pred
-        if "mc_entropy" in table.column_names:
-            mc_entropy.append(table.column("mc_entropy").to_numpy(zero_copy_only=False))
-    stats = {"name": m.name, "teacher_id": m.teacher_id, "plan_id": m.plan_id,
-             "model": m.settings.get("model"), "num_labels": m.settings.get("num_labels"),
-             "rows": sum(e.rows for e in entries.values()), "shards": len(entries),
-             "plan_shards": plan_shards, "bytes": sum(e.bytes for e in entries.values()),
-             "complete": m.complete and len(entries) == plan_shards and not problems,
-             "truncated_rows": sum(e.truncated for e in entries.values()),
-             "nonfinite_rows": sum(e.nonfinite for e in entries.values()),
-             "mean_entropy": _mean(entropy_sum, rows_scored),
-             "mean_margin": _mean(margin_sum, rows_scored),
-             "problems": problems}
-    if mc_entropy:
-        stats["mean_mc_entropy"] = float(np.nanmean(np.concatenate(mc_entropy)))
-    return stats, preds
+        self.histograms["entropy"].add(h)
+        self.histograms["margin"].add(margin)
+        for column in ("mc_entropy", "mc_mutual_info"):
+            if column in table.column_names:
+                self.histograms[column].add(table.column(column).to_numpy(zero_copy_only=False))
+        pred = p.argmax(axis=1)
+        self.predicted.update(pred.tolist())
+        if self.reliability is not None:
+            self._score_labels(table.column("sample_id").to_numpy()[ok], p, pred)
+        full = np.full((len(logits), p.shape[1]), np.nan)
+        full[ok] = p
+        return full
+
+    def _score_labels(self, ids: np.ndarray, p: np.ndarray, pred: np.ndarray) -> None:
+        hits = np.flatnonzero(np.isin(ids, self.label_ids))
+        gold = np.array([self._gold(self.labels[int(ids[i])]) for i in hits], dtype=np.int64)
+        known = gold >= 0
+        self.unknown_labels += int((~known).sum())
+        rows = hits[known]
+        self.reliability.add(p[rows].max(axis=1), pred[rows] == gold[known])
+
+    def _gold(self, value: object) -> int:
+        """The class index of a gold label (by name, or as an index), -1 if it is not one."""
+        if self.scores:
+            try:
+                return int(float(value) >= 0.5)
+            except (TypeError, ValueError):
+                return -1
+        if str(value) in self.class_names:
+            return self.class_names.index(str(value))
+        if isinstance(value, int) and 0 <= value < len(self.class_names):
+            return value
+        return -1
+
+    def to_json(self) -> dict:
+        m, entries = self.m, self.entries
+        missing = [i for i in range(len(self.plan.shards)) if i not in entries]
+        kind = "causal-lm" if self.lm else m.settings.get("kind", "classification")
+        stats = {"name": m.name, "title": self.title, "teacher_id": m.teacher_id,
+                 "plan_id": m.plan_id, "kind": kind,
+                 "model": m.settings.get("model"), "num_labels": m.settings.get("num_labels"),
+                 "rows": sum(e.rows for e in entries.values()), "shards": len(entries),
+                 "plan_shards": len(self.plan.shards), "missing_shards": missing,
+                 "bytes": sum(e.bytes for e in entries.values()),
+                 "complete": m.complete and not missing and not self.problems,
+                 "truncated_rows": sum(e.truncated for e in entries.values()),
+                 "nonfinite_rows": sum(e.nonfinite for e in entries.values()),
+                 "skipped_rows": self.plan.skipped.total,
+                 "problems": list(self.problems.values())}
+        if self.lm:
+            stats["tokens"] = self.tokens.to_json()
+            return stats
+        h = self.histograms
+        stats.update(mean_entropy=h["entropy"].mean, mean_margin=h["margin"].mean,
+                     predicted={name: self.predicted.get(i, 0) for i, name in enumerate(self.class_names)},
+                     histograms={k: v.to_json() for k, v in h.items() if v.n})
+        if h["mc_entropy"].n:
+            stats["mean_mc_entropy"] = h["mc_entropy"].mean
+            stats["mean_mc_mutual_info"] = h["mc_mutual_info"].mean
+        if self.reliability is not None:
+            stats["accuracy"] = {**self.reliability.to_json(), "unknown_labels": self.unknown_labels}
+        return stats
 
 
-def _mean(total: float, count: float) -> float | None:
-    return float(total / count) if count else None
+class _PlanComparison:
+    """Teachers of one plan compared row by row: pairwise argmax agreement, and per label set
+    the distribution of their disagreement and the texts they disagree on most."""
 
+    def __init__(self, cache: Cache, plan: Plan, teachers: list[_TeacherStats],
+                 labels: dict[int, object] | None, examples: int):
+        self.cache, self.plan, self.labels, self.examples = cache, plan, labels, examples
+        self.teachers = teachers
+        classifiers = [s for s in teachers if not s.lm]
+        self.pairs = {(a, b): [0, 0] for a, b in combinations(classifiers, 2)}
+        groups: dict[tuple, list[_TeacherStats]] = {}
+        for s in classifiers:
+            groups.setdefault(tuple(s.class_names), []).append(s)
+        self.groups = [{"teachers": g, "histogram": Histogram(), "examples": []}
+                       for g in groups.values() if len(g) > 1]
 
-def _agreement(a: TeacherManifest, b: TeacherManifest, predictions) -> dict:
-    if a.settings.get("labels") != b.settings.get("labels"):
-        return {"a": a.name, "b": b.name, "rows": 0, "agreement": None,
-                "note": "different label sets"}
-    same = rows = 0
-    for index, pa_ in predictions[a.teacher_id].items():
-        pb = predictions[b.teacher_id].get(index)
-        if pb is None:
-            continue
-        both = (pa_ >= 0) & (pb >= 0)
-        same += int((pa_[both] == pb[both]).sum())
-        rows += int(both.sum())
-    return {"a": a.name, "b": b.name, "rows": rows, "agreement": same / rows if rows else None}
+    def add(self, index: int, probs: dict[_TeacherStats, np.ndarray | None]) -> None:
+        for (a, b), counts in self.pairs.items():
+            if a.class_names == b.class_names and probs.get(a) is not None and probs.get(b) is not None:
+                both = np.isfinite(probs[a]).all(axis=1) & np.isfinite(probs[b]).all(axis=1)
+                counts[0] += int((probs[a][both].argmax(1) == probs[b][both].argmax(1)).sum())
+                counts[1] += int(both.sum())
+        for group in self.groups:
+            present = [s for s in group["teachers"] if probs.get(s) is not None]
+            if len(present) > 1:
+                self._add_group(group, index, present, [probs[s] for s in present])
+
+    def _add_group(self, group: dict, index: int, teachers: list[_TeacherStats], probs: list) -> None:
+        rows = np.flatnonzero(np.all([np.isfinite(p).all(axis=1) for p in probs], axis=0))
+        if not len(rows):
+            return
+        probs = [p[rows] for p in probs]
+        score = disagreement(probs)
+        group["histogram"].add(score)
+        top = [i for i in np.argsort(-score, kind="stable")[:self.examples] if score[i] > 0]
+        if not top:
+            return
+        text = self.cache.read_text_shard(self.plan, index)
+        texts, corpus_rows, ids = (text.column(c).to_pylist() for c in ("text", "row", "sample_id"))
+        for i in top:
+            r = int(rows[i])
+            example = {"disagreement": float(score[i]), "text": texts[r], "row": corpus_rows[r],
+                       "sample_id": ids[r],
+                       "predictions": {s.title: {"label": s.class_names[int(p[i].argmax())],
+                                                 "probability": float(p[i].max())}
+                                       for s, p in zip(teachers, probs)}}
+            if self.labels is not None and ids[r] in self.labels:
+                example["label"] = self.labels[ids[r]]
+            group["examples"].append(example)
+        group["examples"] = sorted(group["examples"], key=lambda e: -e["disagreement"])[:self.examples]
+
+    def agreement_json(self) -> list[dict]:
+        out = []
+        for (a, b), (same, rows) in self.pairs.items():
+            entry = {"plan_id": self.plan.plan_id, "a": a.title, "b": b.title, "rows": rows,
+                     "agreement": same / rows if rows else None}
+            if a.class_names != b.class_names:
+                entry["note"] = "different label sets"
+            out.append(entry)
+        return out
+
+    def disagreements_json(self) -> list[dict]:
+        return [{"plan_id": self.plan.plan_id, "teachers": [s.title for s in g["teachers"]],
+                 "rows": g["histogram"].n, "mean": g["histogram"].mean,
+                 "histogram": g["histogram"].to_json(), "examples": g["examples"]}
+                for g in self.groups]

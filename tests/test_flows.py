@@ -12,7 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from prefect.artifacts import Artifact
+
 import tiny
+from flows.artifacts import cache_keys
 from flows.caching import cache_teacher, cache_teachers
 from pipeline.caching import NonFiniteOutput
 from pipeline.config import ConfigError
@@ -54,6 +57,18 @@ def test_cache_teachers_writes_aligned_complete_caches(project):
     report = inspect_cache(cache)
     assert [t["complete"] for t in report["teachers"]] == [True, True]
     assert 0 <= report["agreement"][0]["agreement"] <= 1 and report["agreement"][0]["rows"] == 120
+    summary = summaries[1]  # and the Prefect artifacts of teacher b, read back through the client
+    manifest = cache.load_manifest(summary["teacher_id"])
+    table_key, summary_key = cache_keys(manifest)
+    table = Artifact.get(table_key)
+    assert table.type == "table" and table.flow_run_id is not None
+    rows = json.loads(table.data)
+    assert [(r["shard"], r["rows"], r["sha256"]) for r in rows] == [
+        (e.index, e.rows, e.sha256[:16]) for e in manifest.shards] and len(rows) == 3
+    markdown = Artifact.get(summary_key).data
+    assert f"`{summary['teacher_id']}`" in markdown and "| rows | 120 " in markdown
+    assert "| shards | 3 (3 computed, 0 recomputed in this run) |" in markdown
+    assert "| mean entropy | " in markdown and "| most predicted labels | class" in markdown
 
 
 def test_rerun_of_a_finished_cache_does_no_teacher_work(project):

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+import handmade
 from storage.cache import Cache
 from storage.columns import fixed_rows, ragged_rows, to_matrix
 from storage.fs import publish_bytes, staged_file
@@ -98,11 +99,27 @@ def test_polars_reads_a_shard(shard_path):
     assert df.height == 10 and df["logits"].to_list()[2] == [6.0, 7.0, 8.0]
 
 
-def test_storage_and_inspect_import_without_torch_or_transformers():
-    code = ("import sys, storage.cache, storage.inspect, storage.plan, flows.cli\n"
-            "bad = [m for m in ('torch', 'transformers', 'prefect') if m in sys.modules]\n"
-            "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True)
+def test_inspect_runs_without_torch_transformers_or_prefect(tmp_path):
+    """The base install: with torch, transformers and Prefect made unimportable, `distill
+    inspect` still prints, plots, writes HTML and runs SQL, and none of them was imported."""
+    handmade.scenario(tmp_path)
+    code = f"""
+import sys
+for blocked in ('torch', 'transformers', 'prefect'):
+    sys.modules[blocked] = None  # `import torch` now raises ImportError
+import storage.aligned, storage.plan
+from flows.cli import app
+root = {str(tmp_path)!r}
+for args in ([], ['--plots', root + '/plots', '--html', root + '/r.html', '--labels',
+                  root + '/labels.jsonl', '--json'], ['--sql', 'SELECT count(*) FROM a']):
+    code = app(['inspect', root + '/cache', *args], standalone_mode=False)
+    assert not code, (args, code)  # an error exits with status 2
+bad = [m for m in ('torch', 'transformers', 'prefect') if sys.modules.get(m) is not None]
+assert not bad, bad
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 7 and (tmp_path / "r.html").exists()
 
 
 def test_a_damaged_entry_names_its_file(tmp_path):

@@ -1,18 +1,24 @@
 """The student trainer on tiny real models: end to end, resume, DDP over 2 CPU processes."""
 
+import base64
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from matplotlib.image import imread
+from prefect.artifacts import Artifact
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 from typer.testing import CliRunner
 
 import tiny
+from flows.artifacts import training_keys
 from flows.caching import cache_teachers
 from flows.cli import app
 from pipeline.config import ConfigError, load_config
@@ -92,11 +98,20 @@ def test_train_uses_only_caches_written_with_the_current_teacher_settings(projec
         train(config)
 
 
-def test_cli_train_with_method_override(project):
+def test_cli_train_with_method_override_publishes_its_report(project):
     path = _config(project, epochs=1)
     result = CliRunner().invoke(app, ["train", str(path), "--method", "median"])
     assert result.exit_code == 0, result.output
-    assert json.loads((project.root / "run" / "report.json").read_text())["method"] == "median"
+    saved = json.loads((project.root / "run" / "report.json").read_text())
+    assert saved["method"] == "median"
+    metrics_key, report_key = training_keys("median")
+    metrics = {r["metric"]: r["value"] for r in json.loads(Artifact.get(metrics_key).data)}
+    assert metrics["steps"] == saved["steps"] == 6
+    assert metrics["accuracy"] == round(saved["eval"]["accuracy"], 4)
+    markdown = Artifact.get(report_key).data
+    assert "# Student report: median" in markdown and "| accuracy |" in markdown
+    png = base64.b64decode(re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", markdown)[1])
+    assert imread(io.BytesIO(png)).shape[1] > 100  # the loss curve, a real image
 
 
 @pytest.mark.slow
