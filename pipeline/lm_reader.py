@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipeline.lm_caching import decode_logprobs
 from pipeline.lm_targets import SparseTargets
 from pipeline.reader import CacheStream
 from storage.columns import to_matrix, unnest
@@ -98,9 +99,12 @@ def _targets(table: pa.Table, manifest: TeacherManifest, lengths: np.ndarray):
     token_valid = np.repeat(row_valid, lengths)
     if lm["mode"] == "top-k":
         ids = to_matrix(unnest(table.column("topk_ids"))[0]).astype(np.int64)
-        probs = np.exp(to_matrix(unnest(table.column("topk_logprobs"))[0]).astype(np.float32))
+        probs = np.exp(decode_logprobs(to_matrix(unnest(table.column("topk_logprob_codes"))[0])))
         tail = np.exp(unnest(table.column("tail_logmass"))[0].to_numpy(zero_copy_only=False)
                       .astype(np.float32))
+        # 8-bit codes are off by up to 3 % each: rescale so listed + tail sum to 1 again (the
+        # float16 tail is the more precise part), which keeps every gradient centred.
+        probs *= ((1 - tail) / probs.sum(1).clip(1e-12))[:, None]
     else:
         ids, probs = _draws(table, lm["samples"])
         tail = np.zeros(len(ids), dtype=np.float32)

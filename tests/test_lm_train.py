@@ -15,7 +15,9 @@ import tiny
 from flows.caching import cache_teachers
 from flows.cli import app
 from pipeline.config import ConfigError, load_config, parse_config
+from pipeline.lm_reader import TokenStream
 from pipeline.trainer import train
+from storage.aligned import AlignedCache
 from storage.cache import Cache
 
 pytestmark = pytest.mark.usefixtures("prefect")
@@ -61,9 +63,16 @@ def test_cache_writes_sparse_token_columns_and_train_distils(lm_project):
     assert str(shard.schema.field("input_ids").type) == "list<item: uint16>"
     lengths = [len(x) for x in shard.column("input_ids").to_pylist()]
     assert [len(x) for x in shard.column("tail_logmass").to_pylist()] == lengths
-    probs = np.exp(np.array(shard.column("topk_logprobs")[0].as_py(), dtype=np.float64))
+    probs = np.exp(-np.array(shard.column("topk_logprob_codes")[0].as_py(), dtype=np.float64) / 16)
     tails = np.exp(np.array(shard.column("tail_logmass")[0].as_py(), dtype=np.float64))
-    np.testing.assert_allclose(probs.sum(1) + tails, 1.0, atol=5e-3)   # fp16 values
+    np.testing.assert_allclose(probs.sum(1) + tails, 1.0, atol=0.04)   # 8-bit log-probs
+    aligned = AlignedCache(cache, [a.teacher_id, b.teacher_id])
+    batch = next(TokenStream(aligned, 8, shuffle=False).epoch(0))
+    top_k, sampled = batch.teachers
+    assert top_k.ids.shape[1] == 6 and batch.input_ids.shape[0] == 8
+    np.testing.assert_allclose((top_k.probs.sum(1) + top_k.tail).numpy(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(sampled.probs.sum(1).numpy(), 1.0, atol=1e-6)
+    assert (sampled.tail == 0).all() and (sampled.probs * 24 % 1 == 0).all()
     draws = cache.read_shard(b.teacher_id, 0)
     assert all(sum(c) == 24 for row in draws.column("draw_counts").to_pylist() for c in row)
 
