@@ -14,7 +14,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import publish_cache
 from flows.progress import reporter
-from pipeline.caching import NonFiniteOutput, TeacherCache, release_runner
+from pipeline.caching import NonFiniteOutput, TeacherCache, release_runner, teacher_cache
+from pipeline.calibration import eval_corpus_config
 from pipeline.config import ConfigError, DistillConfig, load_config
 from pipeline.corpus import plan_corpus
 from storage.cache import Cache
@@ -63,7 +64,7 @@ def cache_teacher(config: str | DistillConfig, teacher: str, plan: Plan | None =
     config = _load(config)
     log = get_run_logger()
     plan = plan or plan_task(config)
-    cached = TeacherCache(Cache(config.cache), plan, config.teacher(teacher), config.source)
+    cached = teacher_cache(Cache(config.cache), plan, config.teacher(teacher), config.source)
     cached.start()
     todo, problems = cached.pending(verify=verify)
     for problem in problems:
@@ -94,7 +95,8 @@ def _teacher_task(config: DistillConfig, teacher: str, plan: Plan, verify: bool)
 @flow(name="cache-teachers")
 def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = None,
                    max_parallel: int = 1, verify: bool = True) -> list[dict]:
-    """Cache every teacher of a config (or the named ones), `max_parallel` at a time."""
+    """Cache every teacher of a config (or the named ones), `max_parallel` at a time; causal-LM
+    teachers also over the config's `eval` text, when it has one."""
     config = _load(config)
     names = teachers or [t.name for t in config.teachers]
     for name in names:
@@ -103,4 +105,12 @@ def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = Non
     with ThreadPoolTaskRunner(max_workers=max_parallel) as runner:
         futures = [runner.submit(_teacher_task, {"config": config, "teacher": n, "plan": plan,
                                                  "verify": verify}) for n in names]
-        return [f.result() for f in futures]
+        summaries = [f.result() for f in futures]
+    language_models = [n for n in names if config.teacher(n).kind == "causal-lm"]
+    if config.eval and language_models:
+        # A causal-LM student is evaluated against its teachers on the held-out text; caching
+        # that text now keeps teachers out of training like everything else they contribute.
+        held_out = eval_corpus_config(config).model_copy(update={"eval": None})
+        summaries += cache_teachers(held_out, teachers=language_models, max_parallel=max_parallel,
+                                    verify=verify)
+    return summaries

@@ -1,13 +1,17 @@
 """Cache one teacher shard: the unit of work the Prefect flows schedule, retry and skip.
 
-`TeacherCache` ties a teacher config to its cache folder. Its model is loaded on first use,
-so a re-run over a complete cache (or over only-corrupt shards) does the least teacher work.
+A `TeacherCache` ties a teacher config to its cache folder: the manifest, which shards are
+still to do, computing and publishing one. What a teacher runs and which columns it writes
+depends on its kind, so each kind is a subclass (`ClassificationCache` here, `CausalLMCache`
+in `pipeline.lm_caching`); `teacher_cache` picks it. The model is loaded on first use, so a
+re-run over a complete cache (or over only-corrupt shards) does the least teacher work.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from abc import ABC, abstractmethod
 from functools import cached_property
 from typing import Callable
 
@@ -27,15 +31,15 @@ class NonFiniteOutput(ValueError):
     """A teacher produced NaN or inf; the message names the teacher, shard and rows."""
 
 
-_RUNNERS: dict[str, ClassificationRunner] = {}
+_RUNNERS: dict[str, object] = {}
 _RUNNERS_LOCK = threading.Lock()
 
 
-def load_runner(identity: TeacherIdentity, config: TeacherConfig) -> ClassificationRunner:
+def load_runner(identity: TeacherIdentity, config: TeacherConfig, runner_class: type):
     """One loaded model per teacher id and process, shared by all of its shard tasks."""
     with _RUNNERS_LOCK:
         if identity.teacher_id not in _RUNNERS:
-            _RUNNERS[identity.teacher_id] = ClassificationRunner(config, identity.model_dir)
+            _RUNNERS[identity.teacher_id] = runner_class(config, identity.model_dir)
         return _RUNNERS[identity.teacher_id]
 
 
@@ -44,34 +48,50 @@ def release_runner(teacher_id: str) -> None:
         _RUNNERS.pop(teacher_id, None)
 
 
-class TeacherCache:
+def teacher_cache(cache: Cache, plan: Plan, config: TeacherConfig, where: str = "config") -> "TeacherCache":
+    """The cache of one teacher, of the class that handles its `kind`."""
+    from pipeline.lm_caching import CausalLMCache  # imports this module: resolved at call time
+
+    kinds = {"classification": ClassificationCache, "causal-lm": CausalLMCache}
+    return kinds[config.kind](cache, plan, config, where)
+
+
+class TeacherCache(ABC):
+    """What every kind shares; subclasses set `runner_class` and `compression` and say what the
+    model is (`describe`), which columns it writes (`columns`) and which seed a shard uses."""
+
+    runner_class: type
+    compression: str | None = None
+
     def __init__(self, cache: Cache, plan: Plan, config: TeacherConfig, where: str = "config"):
         self.cache, self.plan, self.config = cache, plan, config
         self.identity = identify(config, plan.plan_id, f"{where}: teachers[{config.name}].model")
         self.teacher_id = self.identity.teacher_id
 
     @cached_property
-    def runner(self) -> ClassificationRunner:
-        return load_runner(self.identity, self.config)
+    def runner(self):
+        return load_runner(self.identity, self.config, self.runner_class)
+
+    @abstractmethod
+    def describe(self) -> tuple[dict, dict[str, str]]:
+        """(model settings for the manifest, column name -> Arrow type), read from the model's
+        files without loading its weights."""
+
+    @abstractmethod
+    def columns(self, output, valid: np.ndarray) -> dict[str, pa.Array]:
+        """The payload columns of one shard (besides `sample_id`)."""
+
+    def seed_base(self) -> int:
+        return 0
 
     def start(self) -> TeacherManifest:
         """Record the manifest (settings, fingerprint, schema) before the first shard."""
-        from transformers import AutoConfig
-
-        model_config = AutoConfig.from_pretrained(self.identity.model_dir, local_files_only=True)
-        num_labels = model_config.num_labels
-        if self.config.logits_dtype == "float16" and num_labels < 2:
-            raise ValueError(f"teachers[{self.config.name}].logits_dtype: float16 needs at least "
-                             "2 classes; single scores stay float32 so votes compare exactly")
-        labels = [model_config.id2label[i] for i in range(num_labels)]
-        settings = {**self.identity.settings, "model": str(self.config.model),
-                    "num_labels": num_labels, "labels": labels,
-                    "hidden_size": getattr(model_config, "hidden_size", None)}
+        model_settings, columns = self.describe()
+        settings = {**self.identity.settings, "model": str(self.config.model), **model_settings}
         manifest = TeacherManifest(
             teacher_id=self.teacher_id, name=self.config.name, plan_id=self.plan.plan_id,
             format_version=FORMAT_VERSION, code_version=code_version(),
-            fingerprint=self.identity.fingerprint, settings=settings,
-            columns=_column_types(self.config, num_labels, settings["hidden_size"]))
+            fingerprint=self.identity.fingerprint, settings=settings, columns=columns)
         return self.cache.start_teacher(manifest)
 
     def pending(self, verify: bool = True) -> tuple[list[int], list[str]]:
@@ -92,7 +112,7 @@ class TeacherCache:
         text = self.cache.read_text_shard(self.plan, index)
         texts = text.column("text").to_pylist()
         output = self.runner.run(texts, seed=self._seed(index), on_rows=on_rows)
-        valid = _finite_rows(output)
+        valid = output.finite_rows()
         if not valid.all() and self.config.on_nonfinite == "error":
             bad = np.flatnonzero(~valid)
             rows = text.column("row").to_numpy()[bad][:5].tolist()
@@ -102,7 +122,7 @@ class TeacherCache:
                 "use dtype: float32; or set on_nonfinite: skip to store them as null and count "
                 "them.")
         table = self._table(text.column("sample_id"), output, valid, index)
-        return self.cache.write_shard(self.teacher_id, index, table,
+        return self.cache.write_shard(self.teacher_id, index, table, compression=self.compression,
                                       first_row=self.plan.shards[index].first_row,
                                       truncated=int(output.truncated.sum()),
                                       nonfinite=int((~valid).sum()))
@@ -111,12 +131,40 @@ class TeacherCache:
         return self.cache.finalize(self.teacher_id, self.plan)
 
     def _seed(self, index: int) -> int:
-        base = self.config.mc_dropout.seed if self.config.mc_dropout else 0
-        return base * 100_003 + index
+        return self.seed_base() * 100_003 + index
 
-    def _table(self, ids: pa.ChunkedArray, out: ShardOutput, valid: np.ndarray, index: int) -> pa.Table:
+    def _table(self, ids: pa.ChunkedArray, output, valid: np.ndarray, index: int) -> pa.Table:
+        table = pa.table({"sample_id": ids, **self.columns(output, valid)})
+        meta = {"teacher_id": self.teacher_id, "plan_id": self.plan.plan_id, "shard": index,
+                "name": self.config.name, "format_version": FORMAT_VERSION,
+                "settings": self.identity.settings, "fingerprint": self.identity.fingerprint}
+        return table.replace_schema_metadata({"distill": json.dumps(meta, sort_keys=True)})
+
+
+class ClassificationCache(TeacherCache):
+    """Sequence classifiers, relevance and regression teachers: one row of logits per text."""
+
+    runner_class = ClassificationRunner
+
+    def describe(self) -> tuple[dict, dict[str, str]]:
+        from transformers import AutoConfig
+
+        model_config = AutoConfig.from_pretrained(self.identity.model_dir, local_files_only=True)
+        num_labels = model_config.num_labels
+        if self.config.logits_dtype == "float16" and num_labels < 2:
+            raise ValueError(f"teachers[{self.config.name}].logits_dtype: float16 needs at least "
+                             "2 classes; single scores stay float32 so votes compare exactly")
+        hidden = getattr(model_config, "hidden_size", None)
+        settings = {"num_labels": num_labels, "hidden_size": hidden,
+                    "labels": [model_config.id2label[i] for i in range(num_labels)]}
+        return settings, _column_types(self.config, num_labels, hidden)
+
+    def seed_base(self) -> int:
+        return self.config.mc_dropout.seed if self.config.mc_dropout else 0
+
+    def columns(self, out: ShardOutput, valid: np.ndarray) -> dict[str, pa.Array]:
         logits_type = np.float16 if self.config.logits_dtype == "float16" else np.float32
-        columns = {"sample_id": ids, "logits": fixed_rows(out.logits.astype(logits_type), valid),
+        columns = {"logits": fixed_rows(out.logits.astype(logits_type), valid),
                    "truncated": pa.array(out.truncated)}
         if out.mc_probs is not None:
             columns["mc_probs"] = fixed_rows(out.mc_probs.astype(np.float32), valid)
@@ -125,18 +173,7 @@ class TeacherCache:
         if out.features is not None:
             columns["features"] = (ragged_rows(out.features) if isinstance(out.features, list)
                                    else fixed_rows(out.features, valid))
-        table = pa.table(columns)
-        meta = {"teacher_id": self.teacher_id, "plan_id": self.plan.plan_id, "shard": index,
-                "name": self.config.name, "format_version": FORMAT_VERSION,
-                "settings": self.identity.settings, "fingerprint": self.identity.fingerprint}
-        return table.replace_schema_metadata({"distill": json.dumps(meta, sort_keys=True)})
-
-
-def _finite_rows(out: ShardOutput) -> np.ndarray:
-    valid = np.isfinite(out.logits).all(axis=1)
-    if out.mc_probs is not None:
-        valid &= np.isfinite(out.mc_probs).all(axis=1)
-    return valid
+        return columns
 
 
 def _column_types(config: TeacherConfig, num_labels: int, hidden: int | None) -> dict[str, str]:

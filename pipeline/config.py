@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -48,10 +48,21 @@ class CalibrationConfig(Strict):
     bias: float = 0.0
 
 
+class LMTargetsConfig(Strict):
+    """What a causal-LM teacher stores per token (both modes at `temperature`, which training
+    then uses: the tail of a top-k list and the draws cannot be re-tempered later)."""
+
+    mode: Literal["top-k", "sampled"] = "top-k"
+    k: int = Field(32, ge=1, description="top-k: ids and log-probs kept per token")
+    samples: int = Field(32, ge=1, le=255, description="sampled: draws per token")
+    temperature: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
 class TeacherConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: str
-    kind: Literal["classification"] = "classification"
+    kind: Literal["classification", "causal-lm"] = "classification"
     max_length: int = Field(128, ge=2)
     batch_size: int = Field(64, ge=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -63,6 +74,22 @@ class TeacherConfig(Strict):
     label_map: dict[str, str] = Field(default_factory=dict,
                                       description="teacher class -> student class (training only)")
     calibration: CalibrationConfig | None = None
+    lm: LMTargetsConfig | None = Field(None, description="causal-lm: sparse per-token targets")
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> "TeacherConfig":
+        if self.kind == "classification":
+            if self.lm is not None:
+                raise ValueError("`lm` is for causal-lm teachers; remove it or set kind: causal-lm")
+            return self
+        unsupported = [key for key in ("mc_dropout", "features", "calibration")
+                       if getattr(self, key) is not None] + (["label_map"] if self.label_map else [])
+        if unsupported:
+            raise ValueError(f"{', '.join(unsupported)}: not available for causal-lm teachers "
+                             "(they cache sparse next-token targets); remove them")
+        if self.lm is None:
+            self.lm = LMTargetsConfig()
+        return self
 
 
 class StudentConfig(Strict):
@@ -102,6 +129,8 @@ class TrainConfig(Strict):
     group_by_length: bool = Field(True, description="batches of similar text length pad less")
     checkpoint_every: int = Field(0, ge=0, description="steps; 0 = only at the end")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    ce_weight: float = Field(0.0, ge=0, le=1, description="causal-lm: weight of cross-entropy on "
+                                                          "the text, mixed with the distillation loss")
     output: str = "runs/student"
 
 

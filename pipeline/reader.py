@@ -52,10 +52,11 @@ class CacheStream:
     step counts hang DDP) and every sample counts exactly once per epoch.
     """
 
-    def __init__(self, aligned: AlignedCache, labels: LabelSpace, batch_size: int, *, seed: int = 0,
-                 shuffle: bool = True, buffer_shards: int = 2, rank: int = 0, world: int = 1,
-                 calibration: list[tuple[float, float]] | None = None, group_by_length: bool = False,
-                 features: bool = False):
+    def __init__(self, aligned: AlignedCache, labels: LabelSpace | None, batch_size: int, *,
+                 seed: int = 0, shuffle: bool = True, buffer_shards: int = 2, rank: int = 0,
+                 world: int = 1, calibration: list[tuple[float, float]] | None = None,
+                 group_by_length: bool = False, features: bool = False):
+        """`labels` is the student's label space (None for token-level subclasses)."""
         self.aligned, self.labels, self.batch_size = aligned, labels, batch_size
         self.group_by_length = group_by_length
         self.features = [feature_layout(m) if features else None for m in aligned.manifests]
@@ -63,7 +64,6 @@ class CacheStream:
         self.seed, self.shuffle, self.buffer_shards = seed, shuffle, buffer_shards
         self.rank, self.world = rank, world
         self.calibration = calibration or [(1.0, 0.0)] * len(aligned.manifests)
-        self.covered = torch.from_numpy(labels.covered)
 
     def rows_per_rank(self) -> int:
         return -(-self.aligned.rows // self.world)
@@ -141,12 +141,17 @@ class CacheStream:
             ids.append((picks, shard.text.column("sample_id").take(take).to_numpy()))
             for k, table in enumerate(shard.teachers):
                 per_teacher[k].append((picks, table.take(take)))
-        n = len(rows)
+        return self._make_batch(_scatter_list(texts, len(rows)), _scatter_array(ids, len(rows)),
+                                per_teacher, torch.from_numpy(weights.copy()))
+
+    def _make_batch(self, texts: list[str], sample_ids: np.ndarray, per_teacher: list[list],
+                    weights: torch.Tensor) -> Batch:
+        """`per_teacher[k]` holds (batch positions, gathered rows of teacher k's table) parts."""
+        n = len(texts)
         features = [self._features(parts, layout, n) if layout else None
                     for parts, layout in zip(per_teacher, self.features)]
-        return Batch(texts=_scatter_list(texts, n), sample_ids=_scatter_array(ids, n),
+        return Batch(texts=texts, sample_ids=sample_ids, weights=weights,
                      teachers=self._teacher_batch(per_teacher, n),
-                     weights=torch.from_numpy(weights.copy()),
                      features=features if any(self.features) else None)
 
     @staticmethod
@@ -186,7 +191,7 @@ class CacheStream:
                 mc_entropy[:, k] = torch.nan_to_num(torch.from_numpy(
                     _scatter_array([(p, t.column("mc_entropy").to_numpy(zero_copy_only=False))
                                     for p, t in parts], n)).float())
-        return TeacherBatch(logits=logits, covered=self.covered, valid=valid,
+        return TeacherBatch(logits=logits, covered=torch.from_numpy(self.labels.covered), valid=valid,
                             mc_probs=mc_probs, mc_entropy=mc_entropy)
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 def markdown(report: dict) -> str:
     lines = [f"# Student report: {report['method']}", "",
              f"- teachers: {', '.join(report['teachers'])} (plan {report['plan_id']})",
-             f"- labels: {len(report['labels'])}",
+             f"- labels: {len(report['labels'])}" if "labels" in report
+             else f"- vocabulary: {report.get('vocab_size')} tokens (token-level distillation)",
              f"- steps: {report['steps']} in {report['train_seconds']:.1f} s on "
              f"{report['processes']} process(es)", "", "| metric | value |", "|---|---|"]
     for key, value in report.get("eval", {}).items():

@@ -32,6 +32,13 @@ class ShardOutput:
     features: np.ndarray | list[np.ndarray] | None = None  # [rows, D] or rows x [len, D]
     extra: dict = field(default_factory=dict)
 
+    def finite_rows(self) -> np.ndarray:
+        """[rows] bool: rows whose logits (and MC statistics) are all finite."""
+        valid = np.isfinite(self.logits).all(axis=1)
+        if self.mc_probs is not None:
+            valid &= np.isfinite(self.mc_probs).all(axis=1)
+        return valid
+
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":

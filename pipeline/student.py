@@ -1,11 +1,13 @@
-"""Build the student: from a checkpoint, or by truncating a teacher (DistilBERT-style init)."""
+"""Build the student: from a checkpoint, or by truncating a teacher (DistilBERT-style init);
+a classifier for classification teachers, a causal LM for causal-LM teachers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                          PreTrainedModel)
 
 from pipeline.config import ConfigError
 from pipeline.labels import LabelSpace
@@ -38,6 +40,12 @@ def truncate(model: PreTrainedModel, keep: list[int]) -> PreTrainedModel:
             if child is layers:
                 setattr(parent, name, kept)
     model.config.num_hidden_layers = len(keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    for index, layer in enumerate(kept):  # decoders address their KV cache by layer index
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = index
     return model
 
 
@@ -53,4 +61,16 @@ def build_student(source: Path, labels: LabelSpace, layers: int | None = None,
     if layers is not None:
         model = truncate(model, pick_layers(model.config.num_hidden_layers, layers, pick))
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    return model, tokenizer
+
+
+def build_lm_student(source: Path, layers: int | None = None, pick: str = "even"):
+    """A causal LM from `source`, optionally cut to `layers` of its blocks (embeddings and output
+    head kept, so it speaks the teacher's vocabulary)."""
+    model = AutoModelForCausalLM.from_pretrained(source, local_files_only=True)
+    if layers is not None:
+        model = truncate(model, pick_layers(model.config.num_hidden_layers, layers, pick))
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

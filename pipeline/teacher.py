@@ -67,9 +67,10 @@ def fingerprint(model_dir: Path) -> dict[str, str]:
 
 
 def output_settings(config: TeacherConfig) -> dict[str, Any]:
-    """The settings that determine the cached values (batch size and device do not)."""
-    return config.model_dump(include={"kind", "max_length", "dtype", "logits_dtype",
-                                      "on_nonfinite", "mc_dropout", "features"})
+    """The settings that determine the cached values (batch size and device do not).
+    `lm` enters only when set, so classification teacher ids stay what they were."""
+    keys = {"kind", "max_length", "dtype", "logits_dtype", "on_nonfinite", "mc_dropout", "features"}
+    return config.model_dump(include=keys | ({"lm"} if config.lm else set()))
 
 
 def identify(config: TeacherConfig, plan_id: str, where: str) -> TeacherIdentity:

@@ -20,9 +20,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from pipeline.config import ConfigError, DistillConfig, TrainConfig
 from pipeline.evaluate import evaluate
+from pipeline.features import FeatureDistiller, feature_widths
 from pipeline.labels import LabelSpace, build_label_space
 from pipeline.methods import make_method
-from pipeline.features import FeatureDistiller, feature_widths
 from pipeline.methods.base import MethodOutput, TeacherBatch
 from pipeline.reader import Batch, CacheStream, prefetch
 from pipeline.student import build_student
@@ -78,6 +78,10 @@ class FeatureTerm:
     distiller: torch.nn.Module
     layer: int
     weight: float
+
+    def prepare(self, accelerator) -> None:
+        """Prepared like the model, so checkpoints hold the projectors and DDP syncs them."""
+        self.distiller = accelerator.prepare(self.distiller)
 
 
 def distill_loss(model, tokenizer, method, batch: Batch, device, max_length: int,
@@ -155,12 +159,56 @@ def _mixed_precision(setting: str) -> str:
     return "no"
 
 
+@dataclass
+class Recipe:
+    """What a kind of student brings to the shared loop: its batches, model and optimizer
+    groups, the loss of one batch, its evaluation and extra report fields."""
+
+    stream: CacheStream
+    model: torch.nn.Module
+    tokenizer: object
+    param_groups: list[dict]
+    loss: Callable                      # (model, batch, device) -> MethodOutput
+    evaluate: Callable                  # (unwrapped model) -> dict
+    report: dict = field(default_factory=dict)
+    on_prepare: Callable = lambda accelerator: None   # prepares extra trainable modules
+
+
+def classification_recipe(config: DistillConfig, aligned: AlignedCache, method: str,
+                          accelerator) -> Recipe:
+    train_cfg = config.train or TrainConfig()
+    labels = label_space(config, aligned)
+    calibration = [((t.calibration.scale, t.calibration.bias) if t.calibration else (1.0, 0.0))
+                   for t in config.teachers]
+    stream = CacheStream(aligned, labels, train_cfg.batch_size, seed=train_cfg.seed,
+                         buffer_shards=train_cfg.shuffle_buffer_shards,
+                         rank=accelerator.process_index, world=accelerator.num_processes,
+                         calibration=calibration, group_by_length=train_cfg.group_by_length,
+                         features=train_cfg.features is not None)
+    ensemble = make_method(method, temperature=train_cfg.temperature, **train_cfg.method_options)
+    source, layers, pick = student_source(config)
+    model, tokenizer = build_student(source, labels, layers, pick)
+    features = _feature_term(train_cfg, model, source, aligned)
+    head = {id(p) for n, p in model.named_parameters() if _is_head(n)}
+    new = [p for p in model.parameters() if id(p) in head] + \
+        (list(features.distiller.parameters()) if features else [])
+    groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": train_cfg.lr},
+              {"params": new, "lr": train_cfg.head_lr or train_cfg.lr}]
+    return Recipe(stream, model, tokenizer, groups,
+                  loss=lambda m, batch, device: distill_loss(m, tokenizer, ensemble, batch, device,
+                                                             config.student.max_length, features),
+                  evaluate=lambda student: evaluate(student, tokenizer, config, stream, labels),
+                  report={"labels": labels.labels},
+                  on_prepare=features.prepare if features else (lambda accelerator: None))
+
+
 def train(config: DistillConfig, *, method: str | None = None, resume: bool = False,
           max_steps: int | None = None, progress: Progress | None = None) -> dict:
     """Train, checkpoint, evaluate and save the student; returns the report.
 
     `max_steps` stops early after that many optimizer steps (with a checkpoint), as an
-    interrupted run would; `resume=True` continues from the latest checkpoint.
+    interrupted run would; `resume=True` continues from the latest checkpoint. Causal-LM
+    teachers get the token-level recipe of `pipeline.lm_trainer`, the rest the classifier one.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -174,30 +222,19 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
                               gradient_accumulation_steps=train_cfg.grad_accumulation)
     set_seed(train_cfg.seed)
     aligned = open_caches(config)
-    labels = label_space(config, aligned)
-    calibration = [((t.calibration.scale, t.calibration.bias) if t.calibration else (1.0, 0.0))
-                   for t in config.teachers]
-    stream = CacheStream(aligned, labels, train_cfg.batch_size, seed=train_cfg.seed,
-                         buffer_shards=train_cfg.shuffle_buffer_shards,
-                         rank=accelerator.process_index, world=accelerator.num_processes,
-                         calibration=calibration, group_by_length=train_cfg.group_by_length,
-                         features=train_cfg.features is not None)
-    ensemble = make_method(method_name, temperature=train_cfg.temperature, **train_cfg.method_options)
-    source, layers, pick = student_source(config)
-    model, tokenizer = build_student(source, labels, layers, pick)
-    features = _feature_term(train_cfg, model, source, aligned)
-    head = {id(p) for n, p in model.named_parameters() if _is_head(n)}
-    new = [p for p in model.parameters() if id(p) in head] + \
-        (list(features.distiller.parameters()) if features else [])
-    groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": train_cfg.lr},
-              {"params": new, "lr": train_cfg.head_lr or train_cfg.lr}]
-    optimizer = torch.optim.AdamW(groups, weight_decay=train_cfg.weight_decay)
+    if any(t.kind == "causal-lm" for t in config.teachers):
+        from pipeline.lm_trainer import lm_recipe
+
+        recipe = lm_recipe(config, aligned, method_name, accelerator)
+    else:
+        recipe = classification_recipe(config, aligned, method_name, accelerator)
+    stream = recipe.stream
+    optimizer = torch.optim.AdamW(recipe.param_groups, weight_decay=train_cfg.weight_decay)
     steps_per_epoch = -(-stream.batches_per_epoch() // train_cfg.grad_accumulation)
     total = steps_per_epoch * train_cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total), total)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if features:  # prepared too, so checkpoints hold the projectors and DDP syncs them
-        features.distiller = accelerator.prepare(features.distiller)
+    model, optimizer, scheduler = accelerator.prepare(recipe.model, optimizer, scheduler)
+    recipe.on_prepare(accelerator)
 
     cursor = Cursor()
     checkpoints = out / "checkpoints"
@@ -211,8 +248,7 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
         batches = prefetch(stream.epoch(epoch, cursor.batch if epoch == cursor.epoch else 0))
         for b, batch in enumerate(batches, start=cursor.batch if epoch == cursor.epoch else 0):
             with accelerator.accumulate(model):
-                result = distill_loss(model, tokenizer, ensemble, batch, accelerator.device,
-                                      config.student.max_length, features)
+                result = recipe.loss(model, batch, accelerator.device)
                 accelerator.backward(result.loss)
                 optimizer.step()
                 scheduler.step()
@@ -238,14 +274,14 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
     finished = cursor.epoch >= train_cfg.epochs
     report = {"method": method_name, "teachers": [m.name for m in aligned.manifests],
               "teacher_ids": [m.teacher_id for m in aligned.manifests], "plan_id": aligned.plan.plan_id,
-              "labels": labels.labels, "steps": cursor.step, "finished": finished,
+              **recipe.report, "steps": cursor.step, "finished": finished,
               "train_seconds": time.perf_counter() - started, "processes": accelerator.num_processes,
               "config": config.model_dump(mode="json", exclude={"source"}),
               "coverage": cursor.coverage, "history": cursor.history}
     if finished and accelerator.is_main_process:
         student = accelerator.unwrap_model(model).eval()
-        report["eval"] = evaluate(student, tokenizer, config, stream, labels)
-        _save_student(student, tokenizer, out, report)
+        report["eval"] = recipe.evaluate(student)
+        _save_student(student, recipe.tokenizer, out, report)
     accelerator.wait_for_everyone()
     return report
 

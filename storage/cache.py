@@ -113,10 +113,11 @@ class Cache:
             return f"{path} does not match its recorded sha256 (corrupt)"
         return None
 
-    def write_shard(self, teacher_id: str, index: int, table: pa.Table, **counts: int) -> ShardEntry:
+    def write_shard(self, teacher_id: str, index: int, table: pa.Table,
+                    compression: str | None = None, **counts: int) -> ShardEntry:
         """Publish one teacher shard: the Arrow file first, then its entry."""
         folder = self.teacher_dir(teacher_id)
-        written = write_table(self.fs, join(folder, shard_file(index)), table)
+        written = write_table(self.fs, join(folder, shard_file(index)), table, compression)
         entry = ShardEntry(index=index, file=shard_file(index), rows=written.rows,
                            bytes=written.bytes, sha256=written.sha256, **counts)
         publish_bytes(self.fs, join(folder, f"shard-{index:05d}.json"), entry.to_json())

@@ -2,13 +2,16 @@
 
 Dense per-row vectors are `fixed_size_list<dtype>[width]` (reshape straight to [rows, width];
 `datasets` infers `List(Value(dtype), length=width)`); token-level vectors are
-`list<fixed_size_list<dtype>[width]>`.
+`list<fixed_size_list<dtype>[width]>`, and token-level values of varying count (a causal LM's
+sampled ids) are `list<list<dtype>>`: one row per text either way, so shards stay aligned
+with their plan.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def fixed_rows(matrix: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
@@ -26,6 +29,26 @@ def ragged_rows(blocks: list[np.ndarray]) -> pa.ListArray:
     np.cumsum([len(b) for b in blocks], out=offsets[1:])
     inner = fixed_rows(np.concatenate(blocks, axis=0).reshape(-1, width))
     return pa.ListArray.from_arrays(pa.array(offsets), inner)
+
+
+def nested(values: pa.Array | np.ndarray, lengths: np.ndarray,
+           valid: np.ndarray | None = None) -> pa.ListArray:
+    """Flat values and per-row counts -> list<...>; rows where `valid` is False become null
+    (give them length 0: a null row holds no values)."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    mask = None if valid is None or valid.all() else pa.array(~valid)
+    values = values if isinstance(values, pa.Array) else pa.array(values)
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask)
+
+
+def unnest(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """list<...> -> (the values of every row, one level down, in order; per-row counts, 0 for
+    null rows). Works on sliced and gathered arrays, whose offsets need not start at 0."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    return pc.list_flatten(column), lengths.astype(np.int64)
 
 
 def to_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

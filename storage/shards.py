@@ -5,7 +5,9 @@ We write the IPC *stream* format with an `.arrow` suffix: it is what
 (`pa.ipc.open_stream`), Polars (`pl.read_ipc_stream`) and DuckDB (over the pyarrow table) read
 it too. `pyarrow.dataset` reads only the IPC *file* format, so we prune by manifest instead
 (shared/research/ecosystem.md sections 2-3). Uncompressed: dense logits and features barely
-compress, and uncompressed IPC is read zero-copy.
+compress, and uncompressed IPC is read zero-copy. Sparse token-level payloads (a causal LM's
+top-k ids and log-probs) do compress (roughly by half, ecosystem.md section 2.2), so a writer
+may ask for zstd; every reader above decompresses transparently.
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ class WrittenFile:
     sha256: str
 
 
-def write_table(fs: AbstractFileSystem, dest: str, table: pa.Table) -> WrittenFile:
-    """Write `table` as an IPC stream at `dest`, atomically; return its size and checksum."""
+def write_table(fs: AbstractFileSystem, dest: str, table: pa.Table,
+                compression: str | None = None) -> WrittenFile:
+    """Write `table` as an IPC stream at `dest`, atomically (buffers compressed with
+    `compression`: None, "lz4" or "zstd"); return its size and checksum."""
+    options = pa.ipc.IpcWriteOptions(compression=compression)
     with staged_file(fs, dest) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        with pa.OSFile(str(tmp), "wb") as sink, \
+                pa.ipc.new_stream(sink, table.schema, options=options) as writer:
             writer.write_table(table, max_chunksize=BATCH_ROWS)
         written = WrittenFile(table.num_rows, tmp.stat().st_size, sha256_local(tmp))
     return written

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+from transformers import (BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast)
 
 WORDS = ("the a cat dog bird fish tree flower red green blue big small runs eats sleeps "
          "fast slow water food house car city river stone sun moon star").split()
 
 
-def tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+def tokenizer(words: tuple[str, ...] = WORDS) -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     from tokenizers.processors import TemplateProcessing
@@ -40,6 +41,19 @@ def classifier(path: Path, num_labels: int = 4, seed: int = 0, layers: int = 2,
             model.classifier.bias.fill_(float("nan"))
     model.save_pretrained(path)
     tokenizer().save_pretrained(path)
+    return path
+
+
+def causal_lm(path: Path, seed: int = 0, layers: int = 3, words: tuple[str, ...] = WORDS) -> Path:
+    """Save a tiny Llama causal LM (random weights from `seed`, peaked enough that top-k lists
+    matter) with the tiny tokenizer; other `words` give another vocabulary of the same size."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(words) + 5, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=64, initializer_range=0.3, pad_token_id=0,
+                         bos_token_id=2, eos_token_id=3)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer(words).save_pretrained(path)
     return path
 
 

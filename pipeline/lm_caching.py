@@ -1,0 +1,93 @@
+"""The cache of a causal-LM teacher: one row per text, token-level sparse targets in it.
+
+Columns (one row per plan row, so shards stay aligned with the plan like every other teacher):
+`input_ids list<uint16>` (the teacher's tokens, which the student then trains on: no second
+tokenization to drift from the first), `next_logprob list<float16>` (log p of the token that
+follows; 0 at the last token), `truncated bool`, and per mode
+- top-k: `topk_ids list<fixed_size_list<uint16>[k]>` (most likely first),
+  `topk_logprob_codes list<fixed_size_list<uint8>[k]>`, the log-probabilities in 8 bits
+  (log p = -code / 16, clipped at 255 / 16 ≈ 16 nats, i.e. p ≈ 1e-7), and `tail_logmass
+  list<float16>`, the log of the probability outside the top k (-inf when k is the whole
+  vocabulary). A code is off by at most 1/32 nat, far below what leaving out the tail costs
+  (bench/lm_cache.py), and half the bytes of float16: at k = 64 that is what keeps a token
+  under 200 bytes;
+- sampled: `draw_ids list<list<uint16>>` (unique ids drawn at each token, ascending) and
+  `draw_counts list<list<uint8>>` (how often each was drawn, summing to `lm.samples`).
+Ids are uint32 for vocabularies above 65,536. Shards are zstd-compressed Arrow IPC: sparse ids
+and log-probs shrink by a fifth to a half, unlike dense logits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.caching import TeacherCache
+from pipeline.config import ConfigError
+from pipeline.lm_runner import CausalLMRunner, LMShardOutput
+from pipeline.vocab import id_dtype, vocab_fingerprint
+from storage.columns import fixed_rows, nested
+
+CODES_PER_NAT = 16  # topk_logprob_codes: log p = -code / CODES_PER_NAT
+
+
+def encode_logprobs(logprobs: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(-logprobs * CODES_PER_NAT), 0, 255).astype(np.uint8)
+
+
+def decode_logprobs(codes: np.ndarray) -> np.ndarray:
+    return codes.astype(np.float32) / -CODES_PER_NAT
+
+
+class CausalLMCache(TeacherCache):
+    runner_class = CausalLMRunner
+    compression = "zstd"
+
+    def describe(self) -> tuple[dict, dict[str, str]]:
+        from transformers import AutoConfig, AutoTokenizer
+
+        model_dir = self.identity.model_dir
+        vocab = AutoConfig.from_pretrained(model_dir, local_files_only=True).vocab_size
+        lm = self.config.lm
+        if lm.mode == "top-k" and lm.k > vocab:
+            raise ConfigError(f"teachers[{self.config.name}].lm.k is {lm.k}, but {self.config.model} "
+                              f"has a vocabulary of {vocab} tokens; use k <= {vocab}")
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        ids = f"{id_dtype(vocab).name}"
+        columns = {"sample_id": "int64", "input_ids": f"list<{ids}>", "truncated": "bool",
+                   "next_logprob": "list<float16>"}
+        if lm.mode == "top-k":
+            columns.update(topk_ids=f"list<fixed_size_list<{ids}>[{lm.k}]>",
+                           topk_logprob_codes=f"list<fixed_size_list<uint8>[{lm.k}]>",
+                           tail_logmass="list<float16>")
+        else:
+            columns.update(draw_ids=f"list<list<{ids}>>", draw_counts="list<list<uint8>>")
+        settings = {"vocab_size": vocab, "vocab_sha256": vocab_fingerprint(tokenizer)}
+        if lm.mode == "top-k":
+            settings["topk_logprob_codes"] = f"log p = -code / {CODES_PER_NAT}"
+        return settings, columns
+
+    def seed_base(self) -> int:
+        return self.config.lm.seed
+
+    def columns(self, out: LMShardOutput, valid: np.ndarray) -> dict[str, pa.Array]:
+        """Rows whose distribution was not finite (on_nonfinite: skip) keep their tokens but
+        hold null targets."""
+        ids = id_dtype(self.runner.vocab_size)
+        keep = np.repeat(valid, out.lengths)
+        lengths = np.where(valid, out.lengths, 0)
+        columns = {"input_ids": nested(out.input_ids.astype(ids), out.lengths),
+                   "truncated": pa.array(out.truncated),
+                   "next_logprob": nested(out.next_logprob[keep].astype(np.float16), lengths, valid)}
+        if self.config.lm.mode == "top-k":
+            columns["topk_ids"] = nested(fixed_rows(out.topk_ids[keep].astype(ids)), lengths, valid)
+            columns["topk_logprob_codes"] = nested(fixed_rows(encode_logprobs(out.topk_logprobs[keep])),
+                                                   lengths, valid)
+            columns["tail_logmass"] = nested(out.tail_logmass[keep].astype(np.float16), lengths, valid)
+        else:
+            per_token = np.repeat(keep, out.draw_lengths)
+            draws = nested(out.draw_ids[per_token].astype(ids), out.draw_lengths[keep])
+            counts = nested(out.draw_counts[per_token].astype(np.uint8), out.draw_lengths[keep])
+            columns["draw_ids"] = nested(draws, lengths, valid)
+            columns["draw_counts"] = nested(counts, lengths, valid)
+        return columns

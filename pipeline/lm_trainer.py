@@ -1,0 +1,80 @@
+"""The token-level recipe for causal-LM teachers, run by the shared loop in `pipeline.trainer`.
+
+The student (typically the teacher cut to a subset of its layers) trains on the teachers' cached
+token ids; per token, a token-level method (`mean`, `govern`) combines the teachers' sparse
+targets and the bucketed KL (`lm_losses.sparse_kl`) pulls the student towards them, optionally
+mixed with cross-entropy on the text (`train.ce_weight`). Teachers and student must share one
+vocabulary, checked by fingerprint before any training.
+"""
+
+from __future__ import annotations
+
+from pipeline.calibration import eval_corpus_config
+from pipeline.config import ConfigError, DistillConfig, TrainConfig
+from pipeline.lm_evaluate import evaluate_lm
+from pipeline.lm_losses import next_token_ce
+from pipeline.lm_methods import make_token_method
+from pipeline.lm_reader import TokenBatch, TokenStream
+from pipeline.methods.base import MethodOutput
+from pipeline.student import build_lm_student
+from pipeline.trainer import Recipe, open_caches, student_source
+from pipeline.vocab import check_same_vocabulary, vocab_fingerprint
+from storage.aligned import AlignedCache
+
+
+def cached_temperature(config: DistillConfig, aligned: AlignedCache) -> float:
+    """The one temperature every teacher was cached at; training uses it (a top-k tail and a set
+    of draws cannot be re-tempered), so a different explicit `train.temperature` is an error."""
+    found = {m.name: m.settings["lm"]["temperature"] for m in aligned.manifests}
+    if len(set(found.values())) > 1:
+        raise ConfigError(f"{config.source}: causal-LM teachers were cached at different "
+                          f"temperatures {found}; cache them all at one teachers[].lm.temperature")
+    temperature = next(iter(found.values()))
+    train = config.train
+    if train is not None and "temperature" in train.model_fields_set and train.temperature != temperature:
+        raise ConfigError(f"{config.source}: train.temperature is {train.temperature}, but the "
+                          f"causal-LM teachers were cached at lm.temperature {temperature}; sparse "
+                          "targets cannot be re-tempered. Remove train.temperature or set it to "
+                          f"{temperature} (or re-cache the teachers at the temperature you want).")
+    return temperature
+
+
+def token_loss(model, method, batch: TokenBatch, device, ce_weight: float) -> MethodOutput:
+    batch = batch.to(device)
+    mask = batch.attention_mask.bool()
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   use_cache=False).logits[mask].float()
+    weights = batch.token_weights
+    result = method(logits, batch.teachers, weights)
+    if ce_weight:
+        ce = next_token_ce(logits, batch.next_ids, batch.has_next, weights)
+        result = MethodOutput((1 - ce_weight) * result.loss + ce_weight * ce,
+                              {**result.metrics, "kd": result.loss.item(), "ce": ce.item()})
+    return result
+
+
+def lm_recipe(config: DistillConfig, aligned: AlignedCache, method: str, accelerator) -> Recipe:
+    if any(t.kind != "causal-lm" for t in config.teachers):
+        raise ConfigError(f"{config.source}: teachers mix causal-lm and classification kinds; a "
+                          "student learns from one kind, so split them into two configs")
+    train_cfg = config.train or TrainConfig()
+    temperature = cached_temperature(config, aligned)
+    source, layers, pick = student_source(config)
+    model, tokenizer = build_lm_student(source, layers, pick)
+    vocabularies = {f"teacher {m.name}": m.settings for m in aligned.manifests}
+    vocabularies["the student"] = {"vocab_size": model.get_output_embeddings().weight.shape[0],
+                                   "vocab_sha256": vocab_fingerprint(tokenizer)}
+    check_same_vocabulary(vocabularies, config.source)
+    ensemble = make_token_method(method, temperature, **train_cfg.method_options)
+    stream = TokenStream(aligned, train_cfg.batch_size, seed=train_cfg.seed,
+                         buffer_shards=train_cfg.shuffle_buffer_shards,
+                         rank=accelerator.process_index, world=accelerator.num_processes)
+    held_out = TokenStream(open_caches(eval_corpus_config(config)) if config.eval else aligned,
+                           train_cfg.batch_size, shuffle=False)
+    before = evaluate_lm(model.eval(), held_out, temperature) if accelerator.is_main_process else {}
+    return Recipe(stream, model, tokenizer, [{"params": list(model.parameters()), "lr": train_cfg.lr}],
+                  loss=lambda m, batch, device: token_loss(m, ensemble, batch, device, train_cfg.ce_weight),
+                  evaluate=lambda student: {**evaluate_lm(student, held_out, temperature),
+                                            **{f"{k}_before": v for k, v in before.items()}},
+                  report={"vocab_size": vocabularies["the student"]["vocab_size"],
+                          "temperature": temperature, "eval_on": "eval" if config.eval else "corpus"})
