@@ -27,16 +27,7 @@ from pipeline.config import ConfigError
 from pipeline.lm_runner import CausalLMRunner, LMShardOutput
 from pipeline.vocab import id_dtype, vocab_fingerprint
 from storage.columns import fixed_rows, nested
-
-CODES_PER_NAT = 16  # topk_logprob_codes: log p = -code / CODES_PER_NAT
-
-
-def encode_logprobs(logprobs: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(-logprobs * CODES_PER_NAT), 0, 255).astype(np.uint8)
-
-
-def decode_logprobs(codes: np.ndarray) -> np.ndarray:
-    return codes.astype(np.float32) / -CODES_PER_NAT
+from storage.lm_tokens import CODES_PER_NAT, encode_logprobs
 
 
 class CausalLMCache(TeacherCache):

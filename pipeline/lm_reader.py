@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.lm_caching import decode_logprobs
 from pipeline.lm_targets import SparseTargets
 from pipeline.reader import CacheStream
+from storage.lm_tokens import decode_logprobs
 from storage.columns import to_matrix, unnest
 from storage.records import CacheError, TeacherManifest
 

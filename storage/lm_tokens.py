@@ -1,13 +1,14 @@
 """Per-token statistics of causal-LM caches (sparse top-k targets), kept in one place.
 
-The column names below are this module's reading of DESIGN.md's cache contract for sparse LM
-targets ("per token: top-k ids + log-probs + the log of the mass outside the top-k"); the
-causal-LM cache itself is built in issue 6. If that cache names them differently, only the
-three constants change. One row is one sequence; each column is a list over its positions:
+The columns are those `pipeline/lm_caching.py` writes (its docstring has the whole contract).
+One row is one sequence; each column is a list over its positions:
 
-- `topk_ids`       list<fixed_size_list<int32>[k]>          the k most likely next tokens
-- `topk_logprobs`  list<fixed_size_list<float16|float32>[k]> their log-probabilities
-- `tail_logmass`   list<float32>                             log(1 - sum of the top-k probabilities)
+- `topk_ids`            list<fixed_size_list<uint16|uint32>[k]>  the k most likely next tokens
+- `topk_logprob_codes`  list<fixed_size_list<uint8>[k]>          their log-probabilities in 8 bits
+- `tail_logmass`        list<float16>                            log(1 - sum of the top-k probabilities)
+- sampled mode instead: `draw_ids` list<list<uint16|uint32>>, `draw_counts` list<list<uint8>>
+
+The 8-bit code lives here, not in pipeline/, so that inspection decodes it without torch.
 """
 
 from __future__ import annotations
@@ -19,13 +20,23 @@ from storage.columns import to_matrix
 from storage.summaries import Histogram
 
 TOPK_IDS = "topk_ids"
-TOPK_LOGPROBS = "topk_logprobs"
+TOPK_CODES = "topk_logprob_codes"
 TAIL_LOGMASS = "tail_logmass"
+DRAW_COUNTS = "draw_counts"
+CODES_PER_NAT = 16  # log p = -code / CODES_PER_NAT: 1/32 nat at most off, 16 nats of range
+
+
+def encode_logprobs(logprobs: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(-logprobs * CODES_PER_NAT), 0, 255).astype(np.uint8)
+
+
+def decode_logprobs(codes: np.ndarray) -> np.ndarray:
+    return codes.astype(np.float32) / -CODES_PER_NAT
 
 
 def is_lm_cache(columns) -> bool:
     """True for a causal-LM teacher cache (its manifest's or shard's column names)."""
-    return TOPK_LOGPROBS in columns and TAIL_LOGMASS in columns
+    return TOPK_IDS in columns or DRAW_COUNTS in columns
 
 
 def token_entropy(logprobs: np.ndarray, tail_logmass: np.ndarray) -> np.ndarray:
@@ -51,7 +62,10 @@ class TokenStats:
         self.sequences = 0
 
     def add(self, table: pa.Table) -> None:
-        logprobs = to_matrix(table.column(TOPK_LOGPROBS).combine_chunks().flatten())
+        if DRAW_COUNTS in table.column_names:
+            self._add_draws(table)
+            return
+        logprobs = decode_logprobs(to_matrix(table.column(TOPK_CODES).combine_chunks().flatten()))
         tail = table.column(TAIL_LOGMASS).combine_chunks().flatten().to_numpy(zero_copy_only=False)
         if self.entropy is None:
             self.entropy = Histogram(0.0, float(np.log(logprobs.shape[1] + 1)), self.bins)
@@ -59,6 +73,22 @@ class TokenStats:
         self.entropy.add(token_entropy(logprobs, tail))
         self.tokens += len(tail)
         self.sequences += table.num_rows - table.column(TAIL_LOGMASS).null_count
+
+    def _add_draws(self, table: pa.Table) -> None:
+        """Sampled caches: the plug-in entropy of each token's draws (no tail: the draws are
+        the estimate of the whole distribution)."""
+        column = table.column(DRAW_COUNTS).combine_chunks()
+        per_token = column.flatten()                      # list<uint8> per token
+        counts = per_token.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+        owner = np.repeat(np.arange(len(per_token)), np.diff(per_token.offsets.to_numpy()))
+        totals = np.bincount(owner, weights=counts, minlength=len(per_token))
+        p = counts / totals[owner]
+        entropy = -np.bincount(owner, weights=p * np.log(p), minlength=len(per_token))
+        if self.entropy is None:
+            self.entropy = Histogram(0.0, float(np.log(max(totals.max(initial=1), 2))), self.bins)
+        self.entropy.add(entropy)
+        self.tokens += len(per_token)
+        self.sequences += table.num_rows - column.null_count
 
     def to_json(self) -> dict:
         entropy = self.entropy or Histogram(0.0, 1.0, self.bins)

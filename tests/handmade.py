@@ -17,6 +17,7 @@ import pyarrow as pa
 from storage import FORMAT_VERSION
 from storage.cache import Cache
 from storage.columns import fixed_rows, ragged_rows
+from storage.lm_tokens import encode_logprobs
 from storage.plan import build_plan
 from storage.records import Plan, TeacherManifest
 
@@ -111,7 +112,7 @@ def scenario(root) -> tuple[Cache, Plan]:
                                      "features": np.ones((6, 2), np.float16)}, CLASSES)
     write_teacher(cache, plan, "lm", {
         "topk_ids": [np.tile(np.array([[3, 7]], np.int32), (len(t), 1)) for t in LM_TAIL],
-        "topk_logprobs": [lp.astype(np.float16) for lp in LM_LOGPROBS],
-        "tail_logmass": [t.astype(np.float32) for t in LM_TAIL]}, ["token"])
+        "topk_logprob_codes": [encode_logprobs(lp) for lp in LM_LOGPROBS],
+        "tail_logmass": [t.astype(np.float16) for t in LM_TAIL]}, ["token"])
     (Path(root) / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LABELS))
     return cache, plan
