@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.continual.prompts import PromptPool
+from pipeline.student import is_head
 
 POOL_FILE, POOL_SETTINGS = "prompt_pool.safetensors", "prompt_pool.json"
 
@@ -32,11 +33,6 @@ POOL_FILE, POOL_SETTINGS = "prompt_pool.safetensors", "prompt_pool.json"
 class StudentOutput:
     logits: torch.Tensor        # [B, C] over all the student's classes
     match_loss: torch.Tensor    # key-query matching loss (0 without a pool)
-
-
-def is_head(name: str) -> bool:
-    """Parameters of the classification head, which a new label space re-initialises."""
-    return name.startswith(("classifier", "score", "pre_classifier"))
 
 
 def insert_after_first(sequence: torch.Tensor, inserted: torch.Tensor) -> torch.Tensor:
