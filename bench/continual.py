@@ -119,7 +119,7 @@ def main() -> None:
         config = load_config(path)
         config.train.output = str(workdir / "runs" / mode)
         progress = Progress(step=lambda step, m, mode=mode: step % 25 or print(
-            f"[{time.perf_counter() - started:5.0f} s] {mode} step {step} (task {m['stage'] + 1}): "
+            f"[{time.perf_counter() - started:5.0f} s] {mode} step {step} (stage {m['stage'] + 1}): "
             f"loss {m['loss']:.3f}", flush=True))
         out = train_continual(config, mode=mode, progress=progress)
         results["modes"][mode] = {k: out[k] for k in ("matrix", "average_accuracy", "forgetting",
