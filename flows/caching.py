@@ -98,6 +98,9 @@ def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = Non
     """Cache every teacher of a config (or the named ones), `max_parallel` at a time; causal-LM
     teachers also over the config's `eval` text, when it has one."""
     config = _load(config)
+    if config.corpus is None:
+        raise ConfigError(f"{config.source}: this config has tasks, each with its own corpus; cache "
+                          f"one with `distill cache {config.source} --task NAME`")
     names = teachers or [t.name for t in config.teachers]
     for name in names:
         config.teacher(name)  # fail before any work on an unknown name
@@ -114,3 +117,14 @@ def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = Non
         summaries += cache_teachers(held_out, teachers=language_models, max_parallel=max_parallel,
                                     verify=verify)
     return summaries
+
+
+@flow(name="cache-task")
+def cache_task(config: str | DistillConfig, task: str, teachers: list[str] | None = None,
+               max_parallel: int = 1, verify: bool = True) -> list[dict]:
+    """Cache the teachers over one task's corpus slice: the single run a schedule makes when a
+    task arrives. The slice gets its own plan, hence its own teacher ids and shard files, so the
+    caches of earlier tasks are never opened for writing."""
+    config = _load(config)
+    return cache_teachers(config.for_task(task), teachers=teachers, max_parallel=max_parallel,
+                          verify=verify)

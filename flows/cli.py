@@ -41,12 +41,18 @@ def _fail(message: str) -> None:
 def cache(config: Path = typer.Argument(..., help="the YAML config"),
           teacher: Optional[list[str]] = typer.Option(None, "--teacher", "-t",
                                                        help="only this teacher (repeatable)"),
+          task: Optional[list[str]] = typer.Option(None, "--task",
+                                                    help="with `tasks`: only this task (repeatable); "
+                                                         "default all, in order"),
           parallel: int = typer.Option(1, help="teachers run side by side"),
           verify: bool = typer.Option(True, help="check published shards' checksums first"),
           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    """Run each teacher once over the corpus and write its Arrow cache (missing shards only)."""
+    """Run each teacher once over the corpus and write its Arrow cache (missing shards only).
+
+    With `tasks` (continual distillation) each task's corpus slice is cached on its own, so a
+    schedule can run `distill cache CONFIG --task NAME` when the task arrives."""
     _quiet_libraries(verbose)
-    from flows.caching import cache_teachers
+    from flows.caching import cache_task, cache_teachers
     from flows.progress import RichReporter, reporting
     from flows.tables import print_cache_summary
     from pipeline.caching import NonFiniteOutput
@@ -55,8 +61,15 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
 
     try:
         loaded = load_config(config)
+        if task and not loaded.tasks:
+            raise ConfigError(f"{config}: --task needs a config with `tasks`")
         with reporting(RichReporter(console)):
-            summaries = cache_teachers(loaded, teachers=teacher, max_parallel=parallel, verify=verify)
+            if loaded.tasks:
+                names = [loaded.task(n).name for n in task or [t.name for t in loaded.tasks]]
+                summaries = [s for n in names for s in cache_task(
+                    loaded, n, teachers=teacher, max_parallel=parallel, verify=verify)]
+            else:
+                summaries = cache_teachers(loaded, teachers=teacher, max_parallel=parallel, verify=verify)
     except (ConfigError, CacheError, NonFiniteOutput) as e:
         _fail(str(e))
     print_cache_summary(summaries, loaded.cache, console)
@@ -65,17 +78,27 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
 @app.command()
 def train(config: Path = typer.Argument(..., help="the YAML config"),
           method: Optional[str] = typer.Option(None, "--method", "-m", help="overrides train.method"),
+          mode: Optional[str] = typer.Option(None, help="with `tasks`: overrides continual.mode "
+                                                        "(prompts, finetune, joint)"),
           resume: bool = typer.Option(False, help="continue from the latest checkpoint"),
           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    """Train the student from the teacher caches (label-free ensemble distillation)."""
+    """Train the student from the teacher caches (label-free ensemble distillation); with
+    `tasks`, learn them in order (continual distillation) and print the task accuracy matrix."""
     _quiet_libraries(verbose)
     from flows.progress import RichReporter, reporting
-    from flows.tables import print_train_summary
+    from flows.tables import print_continual_summary, print_train_summary
     from pipeline.config import ConfigError, load_config
     from storage.records import CacheError
 
     try:
         loaded = load_config(config)
+        if loaded.tasks:
+            from flows.training import train_continual_student
+
+            with reporting(RichReporter(console)):
+                summary = train_continual_student(loaded, mode=mode)
+            print_continual_summary(summary, console)
+            return
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # Under `accelerate launch` / torchrun every rank runs the loop itself; Prefect
             # would start one embedded server per rank, so the flow wrapper is skipped.

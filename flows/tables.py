@@ -43,6 +43,20 @@ def print_train_summary(summary: dict, console: Console) -> None:
     console.print(table)
 
 
+def print_continual_summary(summary: dict, console: Console) -> None:
+    """The accuracy matrix: row i = after training task i, column j = accuracy on task j."""
+    tasks = summary["tasks"]
+    table = Table("after \\ on", *tasks, title=f"continual student ({summary['mode']}): "
+                  "class-incremental accuracy per task")
+    for name, row in zip(tasks if len(summary["matrix"]) == len(tasks) else ["all (joint)"],
+                         summary["matrix"]):
+        table.add_row(name, *(_fmt(a) for a in row))
+    console.print(table)
+    console.print(f"average accuracy {summary['average_accuracy']:.3f}, forgetting "
+                  f"{_fmt(summary['forgetting'])}, {summary['steps']} steps in "
+                  f"{summary['train_seconds']:.1f} s")
+
+
 def print_calibration(fits: list[dict], console: Console) -> None:
     table = Table("teacher", "fit", "rows", "scale", "bias", "accuracy", "NLL before → after",
                   "ECE before → after", title="calibration on the eval set")

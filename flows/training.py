@@ -7,6 +7,7 @@ from prefect import flow, get_run_logger
 from flows.artifacts import publish_training
 from flows.progress import reporter
 from pipeline.config import DistillConfig, load_config
+from pipeline.continual.trainer import train_continual
 from pipeline.trainer import Progress, train
 
 
@@ -26,4 +27,15 @@ def train_student(config: str | DistillConfig, method: str | None = None,
     report = train(config, method=method, resume=resume, progress=progress_for(name))
     publish_training(report)
     get_run_logger().info("student %s: %s", name, report.get("eval"))
+    return {k: v for k, v in report.items() if k not in ("history", "config")}
+
+
+@flow(name="train-continual")
+def train_continual_student(config: str | DistillConfig, mode: str | None = None) -> dict:
+    """Learn the config's tasks in order from their caches; report the task accuracy matrix."""
+    config = config if isinstance(config, DistillConfig) else load_config(config)
+    name = mode or (config.continual.mode if config.continual else "prompts")
+    report = train_continual(config, mode=mode, progress=progress_for(f"continual {name}"))
+    get_run_logger().info("continual %s: matrix %s, average accuracy %.4f, forgetting %s", name,
+                          report["matrix"], report["average_accuracy"], report["forgetting"])
     return {k: v for k, v in report.items() if k not in ("history", "config")}

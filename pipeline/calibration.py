@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ConfigError, DistillConfig
+from pipeline.config import ConfigError, CorpusConfig, DistillConfig
 from pipeline.labels import build_label_space
 from storage.aligned import AlignedCache
 from storage.columns import to_matrix
@@ -88,8 +88,9 @@ def eval_corpus_config(config: DistillConfig) -> DistillConfig:
     if config.eval is None:
         raise ConfigError(f"{config.source}: calibration needs a labelled held-out set; add "
                           "`eval: {path: ..., label_column: label}`")
-    corpus = config.corpus.model_copy(update={"path": config.eval.path,
-                                              "text_column": config.eval.text_column})
+    # A continual config has no top-level corpus (each task has its own): start from defaults.
+    corpus = (config.corpus or CorpusConfig(path=config.eval.path)).model_copy(
+        update={"path": config.eval.path, "text_column": config.eval.text_column})
     teachers = [t.model_copy(update={"mc_dropout": None, "features": None, "calibration": None})
                 for t in config.teachers]
     return config.model_copy(update={"corpus": corpus, "teachers": teachers})

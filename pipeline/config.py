@@ -134,6 +134,29 @@ class TrainConfig(Strict):
     output: str = "runs/student"
 
 
+class TaskConfig(Strict):
+    """One task of continual distillation: its corpus slice and the student classes it brings."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    corpus: CorpusConfig
+    labels: list[str] = Field(min_length=1, description="this task's classes, disjoint from the "
+                                                         "other tasks'")
+
+
+class ContinualConfig(Strict):
+    """How the student learns the tasks (pipeline/continual): CDL-Prompt or a baseline."""
+
+    mode: Literal["prompts", "finetune", "joint"] = Field(
+        "prompts", description="prompts: L2P pool, frozen backbone (CDL); finetune: sequential "
+                               "full fine-tuning; joint: all tasks at once (upper bound)")
+    pool_size: int = Field(10, ge=1)
+    prompt_length: int = Field(5, ge=1)
+    top_k: int = Field(5, ge=1, description="prompts selected per input")
+    match_weight: float = Field(0.1, ge=0, description="weight of the key-query matching loss")
+    ce_weight: float = Field(0.5, ge=0, le=1, description="CE on the teacher argmax; the KL term "
+                                                          "gets 1 - ce_weight")
+
+
 class EvalConfig(Strict):
     path: str
     text_column: str = "text"
@@ -142,7 +165,9 @@ class EvalConfig(Strict):
 
 class DistillConfig(Strict):
     cache: str = "./cache"
-    corpus: CorpusConfig
+    corpus: CorpusConfig | None = None
+    tasks: list[TaskConfig] | None = Field(None, min_length=1)
+    continual: ContinualConfig | None = None
     teachers: list[TeacherConfig] = Field(min_length=1)
     student: StudentConfig | None = None
     train: TrainConfig | None = None
@@ -165,6 +190,18 @@ class DistillConfig(Strict):
         known = ", ".join(t.name for t in self.teachers)
         raise ConfigError(f"{self.source}: no teacher named '{name}' (teachers: {known})")
 
+    def task(self, name: str) -> TaskConfig:
+        for t in self.tasks or []:
+            if t.name == name:
+                return t
+        known = ", ".join(t.name for t in self.tasks or []) or "none; add a `tasks` list"
+        raise ConfigError(f"{self.source}: no task named '{name}' (tasks: {known})")
+
+    def for_task(self, name: str) -> DistillConfig:
+        """This config with task `name`'s corpus slice as its corpus: caching it and opening its
+        caches are then the ordinary single-corpus flows (each task gets its own plan)."""
+        return self.model_copy(update={"corpus": self.task(name).corpus})
+
 
 def load_config(path: str | Path) -> DistillConfig:
     path = Path(path)
@@ -180,11 +217,44 @@ def load_config(path: str | Path) -> DistillConfig:
 
 
 def parse_config(raw: dict, *, source: str = "<memory>", base: Path | None = None) -> DistillConfig:
+    if ("corpus" in raw) == ("tasks" in raw):
+        raise ConfigError(f"{source}: invalid config\n  " + (
+            "corpus: required key is missing (or give `tasks` for continual distillation)"
+            if "corpus" not in raw else "corpus and tasks: give one; with `tasks` each task "
+                                        "brings its own corpus (tasks[].corpus)"))
     try:
         config = DistillConfig.model_validate({**raw, "source": source})
     except ValidationError as e:
         raise ConfigError(_explain(e, source)) from None
+    _check_tasks(config)
     return _resolve_paths(config, base) if base is not None else config
+
+
+def _check_tasks(config: DistillConfig) -> None:
+    """Class-incremental tasks: unique names, disjoint label sets, a pool that can fill top_k."""
+    where = config.source
+    if config.tasks is None:
+        if config.continual is not None:
+            raise ConfigError(f"{where}: continual: needs a `tasks` list (and no top-level corpus)")
+        return
+    owner: dict[str, str] = {}
+    names: set[str] = set()
+    for task in config.tasks:
+        if task.name in names:
+            raise ConfigError(f"{where}: tasks: the name '{task.name}' is used twice; rename one")
+        names.add(task.name)
+        for label in task.labels:
+            if label in owner:
+                raise ConfigError(f"{where}: tasks[{task.name}].labels: '{label}' is already a label "
+                                  f"of task '{owner[label]}'; tasks need disjoint label sets")
+            owner[label] = task.name
+    if config.student and config.student.labels:
+        raise ConfigError(f"{where}: student.labels: leave it out with tasks; the student's classes "
+                          "are the tasks' labels in task order")
+    continual = config.continual or ContinualConfig()
+    if continual.top_k > continual.pool_size:
+        raise ConfigError(f"{where}: continual.top_k ({continual.top_k}) exceeds continual.pool_size "
+                          f"({continual.pool_size}); lower top_k or grow the pool")
 
 
 def _explain(error: ValidationError, source: str) -> str:
@@ -219,7 +289,9 @@ def _resolve_path(value: str, base: Path) -> str:
 
 def _resolve_paths(config: DistillConfig, base: Path) -> DistillConfig:
     config.cache = _resolve_path(config.cache, base)
-    config.corpus.path = _resolve_path(config.corpus.path, base)
+    for corpus in [config.corpus] + [t.corpus for t in config.tasks or []]:
+        if corpus is not None:
+            corpus.path = _resolve_path(corpus.path, base)
     for t in config.teachers:
         t.model = _resolve_model(t.model, base)
     if config.student and config.student.model:

@@ -13,6 +13,11 @@ from pipeline.config import ConfigError
 from pipeline.labels import LabelSpace
 
 
+def is_head(name: str) -> bool:
+    """Parameters of the classification head, which a new label space re-initialises."""
+    return name.startswith(("classifier", "score", "pre_classifier"))
+
+
 def pick_layers(total: int, keep: int, pick: str) -> list[int]:
     """`first` N layers, or N `even`ly spaced ones (always including the last)."""
     if not 1 <= keep <= total:

@@ -25,7 +25,7 @@ from pipeline.labels import LabelSpace, build_label_space
 from pipeline.methods import make_method
 from pipeline.methods.base import MethodOutput, TeacherBatch
 from pipeline.reader import Batch, CacheStream, prefetch
-from pipeline.student import build_student
+from pipeline.student import build_student, is_head
 from pipeline.teacher import fingerprint, identify, resolve_model_dir
 from storage.aligned import AlignedCache
 from storage.cache import Cache
@@ -189,7 +189,7 @@ def classification_recipe(config: DistillConfig, aligned: AlignedCache, method: 
     source, layers, pick = student_source(config)
     model, tokenizer = build_student(source, labels, layers, pick)
     features = _feature_term(train_cfg, model, source, aligned)
-    head = {id(p) for n, p in model.named_parameters() if _is_head(n)}
+    head = {id(p) for n, p in model.named_parameters() if is_head(n)}
     new = [p for p in model.parameters() if id(p) in head] + \
         (list(features.distiller.parameters()) if features else [])
     groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": train_cfg.lr},
@@ -296,10 +296,6 @@ def _feature_term(train_cfg: TrainConfig, model, source: Path, aligned: AlignedC
     distiller = FeatureDistiller(model.config.hidden_size, widths, consensus=cfg.consensus,
                                  tau=cfg.tau, distance=cfg.distance)
     return FeatureTerm(distiller, cfg.layer, cfg.weight)
-
-
-def _is_head(name: str) -> bool:
-    return name.startswith(("classifier", "score", "pre_classifier"))
 
 
 def _save_checkpoint(accelerator, folder: Path, cursor: Cursor) -> None:
