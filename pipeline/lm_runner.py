@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pipeline.config import TeacherConfig
-from pipeline.runner import DTYPES, pick_device
+from pipeline.runner import DTYPES, encode_longest_first, pick_device
 
 CHUNK_TOKENS = 256
 
@@ -89,10 +89,7 @@ class CausalLMRunner:
 
     def _run(self, texts, seed, on_rows) -> LMShardOutput:
         cfg = self.config
-        encoded = self.tokenizer(texts, truncation=True, max_length=cfg.max_length)
-        truncated = np.array([bool(e.overflowing) for e in encoded.encodings])
-        lengths = np.array([len(ids) for ids in encoded["input_ids"]])
-        order = np.argsort(-lengths, kind="stable")
+        encoded, truncated, lengths, order = encode_longest_first(self.tokenizer, texts, cfg.max_length)
         rows: list[dict | None] = [None] * len(texts)
         for start in range(0, len(texts), cfg.batch_size):
             picked = order[start:start + cfg.batch_size]

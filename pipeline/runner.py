@@ -64,6 +64,16 @@ def projection_matrix(width: int, out: int, seed: int) -> np.ndarray:
     return (rng.standard_normal((width, out)) / np.sqrt(out)).astype(np.float32)
 
 
+def encode_longest_first(tokenizer, texts: list[str], max_length: int):
+    """(encodings, truncated flags, token counts, row order longest first): batches cut from
+    that order hold texts of similar length, so little padding is computed (and the first batch
+    shows at once whether the longest texts fit in memory)."""
+    encoded = tokenizer(texts, truncation=True, max_length=max_length)
+    truncated = np.array([bool(e.overflowing) for e in encoded.encodings])
+    lengths = np.array([len(ids) for ids in encoded["input_ids"]])
+    return encoded, truncated, lengths, np.argsort(-lengths, kind="stable")
+
+
 class ClassificationRunner:
     """One loaded teacher; `run` is thread-safe (MC dropout flips the model's mode)."""
 
@@ -90,10 +100,7 @@ class ClassificationRunner:
 
     def _run(self, texts, seed, on_rows) -> ShardOutput:
         cfg = self.config
-        encoded = self.tokenizer(texts, truncation=True, max_length=cfg.max_length)
-        truncated = np.array([bool(e.overflowing) for e in encoded.encodings])
-        lengths = np.array([len(ids) for ids in encoded["input_ids"]])
-        order = np.argsort(-lengths, kind="stable")
+        encoded, truncated, _, order = encode_longest_first(self.tokenizer, texts, cfg.max_length)
         outputs: dict[str, list] = {}
         for b, start in enumerate(range(0, len(texts), cfg.batch_size)):
             rows = order[start:start + cfg.batch_size]
