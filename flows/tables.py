@@ -50,10 +50,10 @@ def print_continual_summary(summary: dict, console: Console) -> None:
                   "class-incremental accuracy per task")
     for name, row in zip(tasks if len(summary["matrix"]) == len(tasks) else ["all (joint)"],
                          summary["matrix"]):
-        table.add_row(name, *(_fmt(a) for a in row))
+        table.add_row(name, *(fmt(a) for a in row))
     console.print(table)
     console.print(f"average accuracy {summary['average_accuracy']:.3f}, forgetting "
-                  f"{_fmt(summary['forgetting'])}, {summary['steps']} steps in "
+                  f"{fmt(summary['forgetting'])}, {summary['steps']} steps in "
                   f"{summary['train_seconds']:.1f} s")
 
 
