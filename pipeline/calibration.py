@@ -105,12 +105,12 @@ def calibrate_teachers(config: DistillConfig, aligned: AlignedCache) -> list[dic
     labels = build_label_space(aligned.manifests, config.student.labels if config.student else None,
                                {t.name: t.label_map for t in config.teachers})
     _, gold_by_row = read_labelled(config, labels)
-    rows = np.concatenate([aligned.read(i).text.column("row").to_numpy() for i in range(len(aligned))])
-    gold = gold_by_row[rows]
+    shards = [aligned.read(i, columns=["logits"]) for i in range(len(aligned))]   # read once
+    gold = gold_by_row[np.concatenate([shard.text.column("row").to_numpy() for shard in shards])]
     results = []
     for k, manifest in enumerate(aligned.manifests):
-        logits = np.concatenate([to_matrix(aligned.read(i).teachers[k].column("logits"))
-                                 for i in range(len(aligned))]).astype(np.float64)
+        logits = np.concatenate([to_matrix(shard.teachers[k].column("logits"))
+                                 for shard in shards]).astype(np.float64)
         if labels.scores:
             results.append(_fit_scores(manifest.name, logits[:, 0], gold))
         else:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pipeline.config import TeacherConfig
-from pipeline.runner import DTYPES, encode_longest_first, pick_device
+from pipeline.runner import autocast, encode_longest_first, pick_device
 
 CHUNK_TOKENS = 256
 
@@ -101,15 +101,11 @@ class CausalLMRunner:
                 on_rows(len(picked))
         return self._assemble(rows, lengths, truncated)
 
-    def _autocast(self):
-        dtype = DTYPES[self.config.dtype]
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
-
     @torch.inference_mode()
     def _forward(self, batch, row_seeds: list[int]) -> list[dict]:
         """Per row of the batch, its targets; rows are processed in groups of at most
         CHUNK_TOKENS tokens (a single longer row is its own group)."""
-        with self._autocast():
+        with autocast(self.device, self.config.dtype):
             hidden = self.body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                use_cache=False).last_hidden_state
         lengths = batch["attention_mask"].sum(1).tolist()
@@ -124,7 +120,7 @@ class CausalLMRunner:
     def _targets(self, hidden, input_ids, group: list[int], lengths: list[int], seeds) -> list[dict]:
         lm = self.config.lm
         states = torch.cat([hidden[r, :lengths[r]] for r in group])
-        with self._autocast():
+        with autocast(self.device, self.config.dtype):
             logits = self.head(states).float()                       # [tokens, V] for this group
         following = torch.cat([torch.cat([input_ids[r, 1:lengths[r]], input_ids.new_zeros(1)])
                                for r in group])

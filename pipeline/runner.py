@@ -64,6 +64,12 @@ def projection_matrix(width: int, out: int, seed: int) -> np.ndarray:
     return (rng.standard_normal((width, out)) / np.sqrt(out)).astype(np.float32)
 
 
+def autocast(device: torch.device, dtype: str):
+    """Autocast to the teacher's `dtype` (a no-op for float32)."""
+    dtype = DTYPES[dtype]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
 def encode_longest_first(tokenizer, texts: list[str], max_length: int):
     """(encodings, truncated flags, token counts, row order longest first): batches cut from
     that order hold texts of similar length, so little padding is computed (and the first batch
@@ -112,15 +118,11 @@ class ClassificationRunner:
                 on_rows(len(rows))
         return self._assemble(outputs, order, truncated)
 
-    def _autocast(self):
-        dtype = DTYPES[self.config.dtype]
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32)
-
     @torch.inference_mode()
     def _forward(self, batch, seed: int) -> dict:
         cfg = self.config
         want_features = cfg.features is not None
-        with self._autocast():
+        with autocast(self.device, self.config.dtype):
             out = self.model(**batch, output_hidden_states=want_features)
         result = {"logits": out.logits.float().cpu().numpy()}
         if want_features:
@@ -150,7 +152,7 @@ class ClassificationRunner:
             torch.manual_seed(seed)
             probs = []
             for _ in range(passes):
-                with self._autocast():
+                with autocast(self.device, self.config.dtype):
                     probs.append(probabilities(self.model(**batch).logits.float()))
         finally:
             self.model.eval()
