@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import publish_cache
+from flows.handoff import announce_if_complete, announce_teacher
 from flows.progress import reporter
 from pipeline.caching import NonFiniteOutput, TeacherCache, release_runner, teacher_cache
 from pipeline.calibration import eval_corpus_config
@@ -84,6 +85,7 @@ def cache_teacher(config: str | DistillConfig, teacher: str, plan: Plan | None =
                "rows": sum(s.rows for s in manifest.shards), "shards": len(manifest.shards),
                "computed": len(todo), "recomputed": len(problems), "bytes": sum(s.bytes for s in manifest.shards)}
     log.info("teacher %s: %s", teacher, summary)
+    announce_teacher(config, summary)
     return summary
 
 
@@ -94,9 +96,10 @@ def _teacher_task(config: DistillConfig, teacher: str, plan: Plan, verify: bool)
 
 @flow(name="cache-teachers")
 def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = None,
-                   max_parallel: int = 1, verify: bool = True) -> list[dict]:
+                   max_parallel: int = 1, verify: bool = True, announce: bool = True) -> list[dict]:
     """Cache every teacher of a config (or the named ones), `max_parallel` at a time; causal-LM
-    teachers also over the config's `eval` text, when it has one."""
+    teachers also over the config's `eval` text, when it has one. With `announce`, a run that
+    completes the config's caches tells the triggered training deployments (flows/handoff.py)."""
     config = _load(config)
     if config.corpus is None:
         raise ConfigError(f"{config.source}: this config has tasks, each with its own corpus; cache "
@@ -115,7 +118,9 @@ def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = Non
         # that text now keeps teachers out of training like everything else they contribute.
         held_out = eval_corpus_config(config).model_copy(update={"eval": None})
         summaries += cache_teachers(held_out, teachers=language_models, max_parallel=max_parallel,
-                                    verify=verify)
+                                    verify=verify, announce=False)
+    if announce:
+        announce_if_complete(config, wrote=any(s["computed"] for s in summaries))
     return summaries
 
 
@@ -124,7 +129,21 @@ def cache_task(config: str | DistillConfig, task: str, teachers: list[str] | Non
                max_parallel: int = 1, verify: bool = True) -> list[dict]:
     """Cache the teachers over one task's corpus slice: the single run a schedule makes when a
     task arrives. The slice gets its own plan, hence its own teacher ids and shard files, so the
-    caches of earlier tasks are never opened for writing."""
+    caches of earlier tasks are never opened for writing. Announces (flows/handoff.py) once every
+    task of the config is complete."""
     config = _load(config)
     return cache_teachers(config.for_task(task), teachers=teachers, max_parallel=max_parallel,
                           verify=verify)
+
+
+@flow(name="cache-tasks")
+def cache_tasks(config: str | DistillConfig, tasks: list[str] | None = None,
+                teachers: list[str] | None = None, max_parallel: int = 1,
+                verify: bool = True) -> list[dict]:
+    """Cache every task of a tasks config (or the named ones) in order. Tasks already cached cost
+    only a check, so a schedule running this on a config file that grows picks up each new task
+    when it appears."""
+    config = _load(config)
+    names = [config.task(n).name for n in tasks or [t.name for t in config.tasks or []]]
+    return [s for n in names for s in cache_task(config, n, teachers=teachers,
+                                                  max_parallel=max_parallel, verify=verify)]

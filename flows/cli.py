@@ -52,7 +52,7 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
     With `tasks` (continual distillation) each task's corpus slice is cached on its own, so a
     schedule can run `distill cache CONFIG --task NAME` when the task arrives."""
     _quiet_libraries(verbose)
-    from flows.caching import cache_task, cache_teachers
+    from flows.caching import cache_tasks, cache_teachers
     from flows.progress import RichReporter, reporting
     from flows.tables import print_cache_summary
     from pipeline.caching import NonFiniteOutput
@@ -65,9 +65,8 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
             raise ConfigError(f"{config}: --task needs a config with `tasks`")
         with reporting(RichReporter(console)):
             if loaded.tasks:
-                names = [loaded.task(n).name for n in task or [t.name for t in loaded.tasks]]
-                summaries = [s for n in names for s in cache_task(
-                    loaded, n, teachers=teacher, max_parallel=parallel, verify=verify)]
+                summaries = cache_tasks(loaded, tasks=task, teachers=teacher, max_parallel=parallel,
+                                        verify=verify)
             else:
                 summaries = cache_teachers(loaded, teachers=teacher, max_parallel=parallel, verify=verify)
     except (ConfigError, CacheError, NonFiniteOutput) as e:
@@ -222,6 +221,28 @@ def _write_plots(report: dict, folder: Path | None, html_file: Path | None) -> N
         html_file.parent.mkdir(parents=True, exist_ok=True)
         html_file.write_text(render_html(report, pngs), encoding="utf-8")
         err_console.print(f"wrote {html_file}")
+
+
+@app.command()
+def serve(config: Path = typer.Argument(..., help="the YAML config, with a `schedule` section"),
+          limit: Optional[int] = typer.Option(None, help="flow runs executed at once (default: no limit)"),
+          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Register and serve the config's deployments until stopped: caching on the config's cron
+    schedule, training triggered as soon as every teacher's cache is complete.
+
+    Needs a Prefect server (`prefect server start`, then PREFECT_API_URL); the embedded one
+    lives only as long as this process."""
+    _quiet_libraries(verbose)
+    from prefect import serve as serve_deployments
+
+    from flows.serve import deployments
+    from pipeline.config import ConfigError, load_config
+
+    try:
+        made = deployments(load_config(config.resolve()))
+    except ConfigError as e:
+        _fail(str(e))
+    serve_deployments(*made, limit=limit)
 
 
 @app.command()

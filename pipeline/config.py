@@ -163,6 +163,17 @@ class EvalConfig(Strict):
     label_column: str = "label"
 
 
+class ScheduleConfig(Strict):
+    """What `distill serve` registers (flows/serve.py): caching on a cron schedule, and training
+    that starts by itself once every teacher's cache of the corpus (or of every task) is complete."""
+
+    cron: str = Field(description="when to run the caching flow, e.g. '0 2 * * *' (nightly at 2)")
+    timezone: str = "UTC"
+    train_methods: list[str] | None = Field(
+        None, description="one triggered training deployment per method; default [train.method] "
+                          "(with `tasks`: the continual student); [] = cache only")
+
+
 class DistillConfig(Strict):
     cache: str = "./cache"
     corpus: CorpusConfig | None = None
@@ -172,6 +183,7 @@ class DistillConfig(Strict):
     student: StudentConfig | None = None
     train: TrainConfig | None = None
     eval: EvalConfig | None = None
+    schedule: ScheduleConfig | None = None
     source: str = Field("<memory>", exclude=True, description="the file this was read from")
 
     @field_validator("teachers")
