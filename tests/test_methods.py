@@ -9,6 +9,7 @@ from torch.testing import assert_close
 from pipeline.losses import kl_distill, mse_scores
 from pipeline.methods import REGISTRY, make_method
 from pipeline.methods.base import TeacherBatch
+from pipeline.methods.muka import standardise
 
 NAN = float("nan")
 
@@ -178,7 +179,7 @@ DISJOINT = dict(probs=[[[0.8, 0.2, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]],
 
 
 def test_muka_soft_targets_are_zero_padded_and_weighted_by_softmax_of_certainty():
-    target, weight = make_method("muka").integrate(classes(**DISJOINT))
+    target, weight = make_method("muka", normalize="none").integrate(classes(**DISJOINT))
     w = torch.softmax(torch.tensor([0.7, 0.1]) / 0.2, 0)
     assert_close(w[0], torch.tensor(1 / (1 + math.exp(-3.0))))
     assert_close(target, torch.tensor([[0.8 * w[0], 0.2 * w[0], 0.5 * w[1], 0.5 * w[1]]]))
@@ -187,16 +188,16 @@ def test_muka_soft_targets_are_zero_padded_and_weighted_by_softmax_of_certainty(
 
 
 def test_muka_hard_mode_takes_the_most_certain_teacher():
-    target, _ = make_method("muka", mode="hard").integrate(classes(**DISJOINT))
+    target, _ = make_method("muka", mode="hard", normalize="none").integrate(classes(**DISJOINT))
     assert torch.equal(target, torch.tensor([[0.8, 0.2, 0.0, 0.0]]))
 
 
 def test_muka_margin_is_the_gap_between_the_two_highest_certainties():
     teachers = classes([[[0.5, 0.5]] * 3] * 2, mc_entropy=[[0.1, 0.5, 0.3]] * 2,
                        valid=[[True, True, True], [True, False, False]])
-    _, weight = make_method("muka").integrate(teachers)
+    _, weight = make_method("muka", normalize="none").integrate(teachers)
     assert_close(weight, torch.tensor([0.2 + 1e-6, 1.0]))          # one valid teacher: weight 1
-    _, off = make_method("muka", margin_weight=False).integrate(teachers)
+    _, off = make_method("muka", normalize="none", margin_weight=False).integrate(teachers)
     assert_close(off, torch.ones(2))
 
 
@@ -204,13 +205,44 @@ def test_muka_loss_is_margin_weighted_kl():
     teachers = classes([[[0.9, 0.1], [0.4, 0.6]], [[0.3, 0.7], [0.5, 0.5]]],
                        mc_entropy=[[0.2, 0.6], [0.5, 0.4]])
     student = torch.tensor([[0.2, -0.1], [1.0, 0.0]])
-    method = make_method("muka", mode="hard")
+    method = make_method("muka", mode="hard", normalize="none")
     out = method(student, teachers, weights=torch.tensor([1.0, 2.0]))
     expected = kl_distill(student, torch.tensor([[0.9, 0.1], [0.5, 0.5]]), 1.0,
                           torch.tensor([0.4 + 1e-6, 2 * (0.1 + 1e-6)]))
     assert_close(out.loss, expected)
     assert_close([out.metrics[f"muka/certainty/{k}"] for k in range(2)], [0.65, 0.5])
     assert_close([out.metrics[f"muka/most_certain/{k}"] for k in range(2)], [0.5, 0.5])
+
+
+def test_muka_standardises_each_teachers_certainty_over_the_batch():
+    """Teacher 0 is more certain than teacher 1 on every row (badly calibrated); relative to its
+    own usual certainty, teacher 1 stands out on rows 1 and 2, so it owns them."""
+    teachers = classes([[[0.9, 0.1, 0.0, 0.0], [0.0, 0.0, 0.3, 0.7]]] * 3,
+                       covered=[[True, True, False, False], [False, False, True, True]],
+                       mc_entropy=[[0.1, 0.9], [0.2, 0.4], [0.3, 0.8]])  # certainty 0.9/0.1, 0.8/0.6, 0.7/0.2
+    raw, _ = make_method("muka", mode="hard", normalize="none").integrate(teachers)
+    assert torch.equal(raw.argmax(1), torch.tensor([0, 0, 0]))
+    hard, weight = make_method("muka", mode="hard").integrate(teachers)
+    assert torch.equal(hard.argmax(1), torch.tensor([0, 3, 3]))
+    z0 = torch.tensor([1.0, 0.0, -1.0]) * (1.5 ** 0.5)                    # (0.9, 0.8, 0.7)
+    z1 = torch.tensor([-0.2, 0.3, -0.1]) / (0.14 / 3) ** 0.5             # (0.1, 0.6, 0.2)
+    assert_close(weight, (z0 - z1).abs() + 1e-6, rtol=1e-4, atol=1e-4)
+    soft, _ = make_method("muka").integrate(teachers)
+    w = torch.softmax(torch.stack([z0, z1], 1) / 0.2, 1)
+    assert_close(soft[:, :2].sum(1), w[:, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_muka_standardisation_leaves_out_invalid_rows():
+    values = torch.tensor([[0.9, 0.1], [0.7, 5.0], [0.8, 0.3]])
+    valid = torch.tensor([[True, True], [True, False], [True, True]])
+    z = standardise(values, valid)
+    assert_close(z[:, 0], torch.tensor([1.0, -1.0, 0.0]) * 1.5 ** 0.5, rtol=1e-5, atol=1e-5)
+    assert_close(z[[0, 2], 1], torch.tensor([-1.0, 1.0]), rtol=1e-4, atol=1e-4)
+    assert z[1, 1] == 0
+    alone = standardise(torch.tensor([[0.4, 0.2]]), torch.tensor([[True, False]]))
+    assert torch.equal(alone, torch.zeros(1, 2))                         # nothing to compare with
+    with pytest.raises(ValueError, match="normalize must be 'batch' or 'none'"):
+        make_method("muka", normalize="pool")
 
 
 def test_muka_without_mc_entropy_uses_the_teachers_own_normalised_entropy():
