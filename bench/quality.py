@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import hermetic_env, save  # noqa: E402
+from bench.common import RESULTS, hermetic_env, save  # noqa: E402
 
 hermetic_env()
 
@@ -53,8 +53,8 @@ TEACHERS = {
     "dj0": (list(range(0, 4)), 0, 0, 0.0), "dj1": (list(range(4, 8)), 1, 1, 0.0),
     "dj2": (list(range(8, 12)), 2, 2, 0.0),
 }
-MUKA_SOFT = ("muka-soft", "muka", {"mode": "soft"})
-MUKA_HARD = ("muka-hard", "muka", {"mode": "hard"})
+MUKA_SOFT = ("muka-soft", "muka", {"mode": "soft", "normalize": "batch"})
+MUKA_HARD = ("muka-hard", "muka", {"mode": "hard", "normalize": "batch"})
 SETTINGS = {  # name -> (teachers, MC dropout on the pool cache, methods (label, method, options))
     "a": (["a0", "a1", "a2"], False,
           [("mean", "mean", {}), ("median", "median", {}), ("govern", "govern", {}), MUKA_SOFT,
@@ -347,6 +347,19 @@ def mean_tokens(texts: list[str]) -> float:
 # ---------------------------------------------------------------------------------------------
 # report
 
+def earlier_settings(bench: str, cfg: dict, student_init: str, skip: list[str]) -> dict:
+    """Settings from the last saved run with the same protocol, so running some settings again
+    (`--settings b-disjoint`) keeps the others' figures in the results file; each is marked."""
+    path = RESULTS / f"{bench}.json"
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("settings") != cfg or earlier.get("student_init") != student_init:
+        return {}
+    return {name: {**data, "from_earlier_run": True}
+            for name, data in earlier.get("per_setting", {}).items() if name not in skip}
+
+
 def line(name: str, text: str, value: float, target: str, results: dict, **extra) -> None:
     print(f"{name}: {text} ({target})", flush=True)
     results["figures"][name] = {"value": value, "target": target, **extra}
@@ -409,7 +422,9 @@ def main() -> None:
                                           "head_lr": demo.HEAD_LR,
                                           "train_layers": demo.TRAIN_LAYERS,
                                           "max_length": demo.MAX_LENGTH, "batch_size": demo.BATCH},
-                     "per_setting": {}, "figures": {}}
+                     "per_setting": earlier_settings(bench_name, cfg, args.student_init,
+                                                     skip=args.settings),
+                     "figures": {}}
 
     for setting in args.settings:
         names, mc, methods = SETTINGS[setting]
