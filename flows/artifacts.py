@@ -5,6 +5,7 @@ the loss curve. Each key gets a new version per run, so the UI keeps the history
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -54,6 +55,24 @@ def publish_cache(cache: Cache, manifest: TeacherManifest, computed: int, recomp
                   "--html report.html`"]
     create_markdown_artifact(key=summary_key, markdown="\n".join(lines) + "\n",
                              description=f"teacher cache {manifest.name}: summary")
+
+
+def report_key(cache: Cache) -> str:
+    """Key of the whole-cache report: by location (hashed: locations hold any characters)."""
+    return artifact_key("cache-report", hashlib.sha256(cache.location.encode()).hexdigest()[:12])
+
+
+def publish_report(cache: Cache, report: dict) -> None:
+    """Every table `distill inspect` prints, as one markdown artifact."""
+    lines = [f"# Cache `{cache.location}`", ""]
+    for section in sections(report, text_width=80):
+        lines += [f"## {section.title}", "", "| " + " | ".join(section.headers) + " |",
+                  "|" + "---|" * len(section.headers)]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+                  for row in section.rows]
+        lines.append("")
+    create_markdown_artifact(key=report_key(cache), markdown="\n".join(lines),
+                             description=f"what is in the cache at {cache.location}")
 
 
 def training_keys(method: str) -> tuple[str, str]:

@@ -15,8 +15,9 @@ import pytest
 from prefect.artifacts import Artifact
 
 import tiny
-from flows.artifacts import cache_keys
+from flows.artifacts import cache_keys, report_key
 from flows.caching import cache_teacher, cache_teachers
+from flows.inspection import inspect_cache as inspect_cache_flow
 from pipeline.caching import NonFiniteOutput
 from pipeline.config import ConfigError
 from storage.cache import Cache
@@ -69,6 +70,13 @@ def test_cache_teachers_writes_aligned_complete_caches(project):
     assert f"`{summary['teacher_id']}`" in markdown and "| rows | 120 " in markdown
     assert "| shards | 3 (3 computed, 0 recomputed in this run) |" in markdown
     assert "| mean entropy | " in markdown and "| most predicted labels | class" in markdown
+
+    # the inspect-cache flow publishes the whole report, table by table
+    inspected = inspect_cache_flow(str(project.cache))
+    assert inspected["agreement"] == report["agreement"]
+    page = Artifact.get(report_key(cache)).data
+    assert page.startswith(f"# Cache `{project.cache}`") and "## teachers" in page
+    assert page.count(f"| {manifest.teacher_id} |") == 1 and "## argmax agreement, plan" in page
 
 
 def test_rerun_of_a_finished_cache_does_no_teacher_work(project):
