@@ -37,15 +37,20 @@ class Cache:
         return join(self.root, "corpora", plan_id)
 
     def _read(self, path: str, record: type):
-        return record.from_json(self.fs.cat_file(path), path) if self.fs.exists(path) else None
+        """The record at `path`, or None. One request, not exists-then-read: on an object
+        store every call is a round trip, and the file may appear or vanish in between."""
+        try:
+            return record.from_json(self.fs.cat_file(path), path)
+        except FileNotFoundError:
+            return None
 
     def _ids_with(self, folder: str, marker: str) -> list[str]:
         """Names of the sub-folders of `folder` that hold `marker` (i.e. that are finished)."""
-        folder = join(self.root, folder)
-        if not self.fs.exists(folder):
+        try:
+            children = self.fs.ls(join(self.root, folder), detail=False)
+        except FileNotFoundError:
             return []
-        return sorted(os.path.basename(p) for p in self.fs.ls(folder, detail=False)
-                      if self.fs.exists(join(p, marker)))
+        return sorted(os.path.basename(p) for p in children if self.fs.exists(join(p, marker)))
 
     def find_plan(self, plan_id: str) -> Plan | None:
         return self._read(join(self.plan_dir(plan_id), "plan.json"), Plan)
@@ -94,19 +99,19 @@ class Cache:
 
     def published_shards(self, teacher_id: str) -> dict[int, ShardEntry]:
         """Shards whose entry is recorded (not yet checked against their file)."""
-        folder = self.teacher_dir(teacher_id)
-        entries = {}
-        for path in self.fs.glob(join(folder, "shard-*.json")):
-            entry = ShardEntry.from_json(self.fs.cat_file(path), path)
-            entries[entry.index] = entry
-        return entries
+        paths = self.fs.glob(join(self.teacher_dir(teacher_id), "shard-*.json"))
+        # One call for all of them: object stores fetch the entries concurrently.
+        found = self.fs.cat(paths) if paths else {}
+        entries = [ShardEntry.from_json(data, path) for path, data in sorted(found.items())]
+        return {entry.index: entry for entry in entries}
 
     def shard_problem(self, teacher_id: str, entry: ShardEntry, checksum: bool = True) -> str | None:
         """Why a published shard cannot be trusted (missing, truncated, corrupt), or None."""
         path = join(self.teacher_dir(teacher_id), entry.file)
-        if not self.fs.exists(path):
+        try:
+            size = self.fs.size(path)
+        except FileNotFoundError:
             return f"{path} is missing"
-        size = self.fs.size(path)
         if size != entry.bytes:
             return f"{path} has {size} bytes, its entry records {entry.bytes} (truncated?)"
         if checksum and sha256_file(self.fs, path) != entry.sha256:

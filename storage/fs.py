@@ -2,8 +2,10 @@
 
 A file in the cache exists only once it is complete. Locally we write a temporary file in the
 destination folder and `os.replace` it (atomic on POSIX); on object stores a single PUT becomes
-visible whole, so we write locally and upload. Either way a reader never sees half a file, and
-two racing writers of the same name leave one complete file, never a mix.
+visible whole, so we write locally and upload (s3fs sends files of 100 MiB and more as a
+multipart upload, which is invisible until completed: a killed writer leaves parts that no
+listing shows, tests/test_s3.py). Either way a reader never sees half a file, and two racing
+writers of the same name leave one complete file, never a mix.
 """
 
 from __future__ import annotations
@@ -20,12 +22,24 @@ from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from storage.records import CacheError
+
 TMP_SUFFIX = ".tmp"
 
 
 def resolve(location: str | os.PathLike) -> tuple[AbstractFileSystem, str]:
-    """Split a cache location into its filesystem and root path (no trailing slash)."""
-    fs, root = url_to_fs(str(location))
+    """Split a cache location into its filesystem and root path (no trailing slash).
+
+    Directory listings are never cached: other processes write the same cache (a resumed run,
+    Ray/Dask workers, a test or a trainer watching it), and s3fs would otherwise answer `ls`,
+    `glob` and `exists` from a listing taken before their writes. Credentials and endpoint
+    come from the filesystem's own configuration (for S3 the standard `AWS_*` variables), so
+    every thread and worker process of a run sees the same ones.
+    """
+    try:
+        fs, root = url_to_fs(str(location), use_listings_cache=False)
+    except ImportError as e:  # e.g. s3:// without s3fs
+        raise CacheError(f"{location}: {e} (for s3:// caches: pip install 'distill[s3]')") from e
     return fs, root.rstrip("/") or "/"
 
 

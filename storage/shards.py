@@ -45,17 +45,9 @@ def write_table(fs: AbstractFileSystem, dest: str, table: pa.Table,
 
 
 def read_table(fs: AbstractFileSystem, path: str) -> pa.Table:
-    """Read a shard: memory-mapped locally (zero copy), fully buffered from object stores."""
-    if is_local(fs):
-        source = pa.memory_map(path, "r")
-    else:
-        with fs.open(path, "rb") as f:
-            source = pa.BufferReader(f.read())
-    with pa.ipc.open_stream(source) as reader:
-        return reader.read_all()
-
-
-def read_schema(fs: AbstractFileSystem, path: str) -> pa.Schema:
+    """Read a shard: memory-mapped locally (zero copy); from an object store with one GET of
+    the whole object, so readers stream a remote cache shard by shard and never download more
+    than the shards they are using."""
     source = pa.memory_map(path, "r") if is_local(fs) else pa.BufferReader(fs.cat_file(path))
     with pa.ipc.open_stream(source) as reader:
-        return reader.schema
+        return reader.read_all()

@@ -1,8 +1,10 @@
-"""Hermetic test setup: no hub access, a throwaway Prefect home, one Prefect harness."""
+"""Hermetic test setup: no hub access, a throwaway Prefect home, one Prefect harness, and a
+real S3 server for the tests that run against object storage."""
 
 import os
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -18,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
+import s3server  # noqa: E402
 import tiny  # noqa: E402
 
 
@@ -56,3 +59,32 @@ class Project:
         path = self.root / name
         path.write_text(yaml.safe_dump(raw))
         return path
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """SeaweedFS (`weed server -s3`) on loopback for the whole session (it starts in ~3 s)."""
+    pytest.importorskip("s3fs", reason=s3server.INSTALL)
+    if s3server.weed_binary() is None:
+        pytest.skip(f"no `weed` binary: {s3server.INSTALL}")
+    with s3server.seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_cache(s3_server, monkeypatch, tmp_path) -> str:
+    """An empty cache location in the test bucket, reached the way a user reaches one: through
+    the standard AWS_* variables (no AWS config files of this machine get in the way)."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    return f"s3://{s3_server.bucket}/{uuid.uuid4().hex[:12]}/cache"
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.slow)])
+def cache_location(request, tmp_path) -> str:
+    """Run a test on a local cache folder and on a real S3 bucket."""
+    return str(tmp_path / "cache") if request.param == "local" else request.getfixturevalue("s3_cache")

@@ -1,4 +1,5 @@
-"""Real Prefect flow runs (embedded local mode) over tiny teachers: the cache's promises."""
+"""Real Prefect flow runs (embedded local mode) over tiny teachers: the cache's promises, on a
+local folder and (`cache_location`) on a real S3 server."""
 
 import json
 import os
@@ -6,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,14 +21,23 @@ from flows.inspection import inspect_cache as inspect_cache_flow
 from pipeline.caching import NonFiniteOutput
 from pipeline.config import ConfigError
 from storage.cache import Cache
+from storage.fs import is_local, join
 from storage.inspect import inspect_cache
 
 pytestmark = pytest.mark.usefixtures("prefect")
 
 
-def _shards(cache_dir: Path, teacher_id: str) -> dict[str, tuple[bytes, int]]:
-    folder = cache_dir / "teachers" / teacher_id
-    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.glob("shard-*"))}
+def _shards(cache: Cache, teacher_id: str) -> dict[str, tuple[bytes, object]]:
+    """File name -> (bytes, modification time) of a teacher's shard files and entries."""
+    paths = sorted(cache.fs.glob(join(cache.teacher_dir(teacher_id), "shard-*")))
+    return {os.path.basename(p): (cache.fs.cat_file(p), cache.fs.modified(p)) for p in paths}
+
+
+def _tick(cache: Cache) -> None:
+    """Object stores keep modification times to the second: let one pass, so that a rewrite
+    of an untouched file would show in `_shards`."""
+    if not is_local(cache.fs):
+        time.sleep(1.1)
 
 
 def _all_ids(cache: Cache, teacher_id: str) -> list[int]:
@@ -42,10 +51,10 @@ def _plan_ids(cache: Cache, plan_id: str) -> list[int]:
             for i in cache.read_text_shard(plan, k).column("sample_id").to_pylist()]
 
 
-def test_cache_teachers_writes_aligned_complete_caches(project):
-    summaries = cache_teachers(str(project.config()), max_parallel=2)
+def test_cache_teachers_writes_aligned_complete_caches(project, cache_location):
+    summaries = cache_teachers(str(project.config(cache=cache_location)), max_parallel=2)
     assert [s["computed"] for s in summaries] == [3, 3]
-    cache = Cache(project.cache)
+    cache = Cache(cache_location)
     plan_ids = _plan_ids(cache, summaries[0]["plan_id"])
     assert len(plan_ids) == 120
     for s in summaries:
@@ -79,28 +88,31 @@ def test_cache_teachers_writes_aligned_complete_caches(project):
     assert page.count(f"| {manifest.teacher_id} |") == 1 and "## argmax agreement, plan" in page
 
 
-def test_rerun_of_a_finished_cache_does_no_teacher_work(project):
-    config = project.config()
+def test_rerun_of_a_finished_cache_does_no_teacher_work(project, cache_location):
+    config = project.config(cache=cache_location)
+    cache = Cache(cache_location)
     first = cache_teacher(str(config), "a")
-    before = _shards(project.cache, first["teacher_id"])
+    before = _shards(cache, first["teacher_id"])
+    _tick(cache)
     second = cache_teacher(str(config), "a")
     assert second["computed"] == 0 and second["teacher_id"] == first["teacher_id"]
-    assert _shards(project.cache, first["teacher_id"]) == before  # same bytes, untouched files
+    assert _shards(cache, first["teacher_id"]) == before  # same bytes, untouched files
 
 
-def test_truncated_or_corrupt_shards_are_recomputed(project):
-    config = project.config()
+def test_truncated_or_corrupt_shards_are_recomputed(project, cache_location):
+    config = project.config(cache=cache_location)
+    cache = Cache(cache_location)
     tid = cache_teacher(str(config), "a")["teacher_id"]
-    before = _shards(project.cache, tid)
-    folder = project.cache / "teachers" / tid
-    data = (folder / "shard-00001.arrow").read_bytes()
-    (folder / "shard-00001.arrow").write_bytes(data[:-100])            # truncated
-    corrupt = bytearray((folder / "shard-00002.arrow").read_bytes())
+    before = _shards(cache, tid)
+    one, two = (join(cache.teacher_dir(tid), f"shard-0000{i}.arrow") for i in (1, 2))
+    cache.fs.pipe_file(one, cache.fs.cat_file(one)[:-100])               # truncated
+    corrupt = bytearray(cache.fs.cat_file(two))
     corrupt[-64] ^= 0x5A
-    (folder / "shard-00002.arrow").write_bytes(bytes(corrupt))          # same size, bad bytes
+    cache.fs.pipe_file(two, bytes(corrupt))                              # same size, bad bytes
+    _tick(cache)
     again = cache_teacher(str(config), "a")
     assert again["computed"] == 2 and again["recomputed"] == 2
-    after = _shards(project.cache, tid)
+    after = _shards(cache, tid)
     assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}
     assert after["shard-00000.arrow"][1] == before["shard-00000.arrow"][1]  # shard 0 untouched
 
@@ -155,36 +167,39 @@ def test_long_texts_are_truncated_and_counted(project):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_shard_then_resume_gives_every_row_exactly_once(project, tmp_path):
+def test_sigkill_mid_shard_then_resume_gives_every_row_exactly_once(project, tmp_path, cache_location):
     tiny.write_jsonl(project.corpus, [{"text": t} for t in tiny.sentences(600, seed=8)])
-    config = project.config(corpus={"path": "corpus.jsonl", "rows_per_shard": 150}, teachers=[
+    config = project.config(cache=cache_location,
+                            corpus={"path": "corpus.jsonl", "rows_per_shard": 150}, teachers=[
         {"name": "a", "model": "teacher-a", "batch_size": 4, "mc_dropout": {"passes": 24}}])
+    cache = Cache(cache_location)
+    # The S3 endpoint and keys reach the run as they reach a user's: AWS_* in the environment.
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     env.pop("PREFECT_API_URL", None)
     cmd = [sys.executable, "-m", "flows.cli", "cache", str(config)]
     # Its own process group, so the kill also takes Prefect's embedded server with it.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    teachers = project.cache / "teachers"
     # Generous: the CLI gives its embedded Prefect server 180 s to start on a loaded machine.
     deadline = time.time() + 420
-    while not list(teachers.glob("*/shard-00000.json")):
+    # Another process writes: this also proves that our listings are never stale.
+    while not cache.fs.glob(join(cache.root, "teachers", "*", "shard-00000.json")):
         assert proc.poll() is None and time.time() < deadline, "caching never published shard 0"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    folder = next(teachers.iterdir())
-    published = {p.name: p.read_bytes() for p in folder.glob("shard-*.arrow")}
+    [tid] = cache.teacher_ids()
+    folder = cache.teacher_dir(tid)
+    published = {p: cache.fs.cat_file(p) for p in cache.fs.glob(join(folder, "shard-*.arrow"))}
     assert 1 <= len(published) < 4  # killed part-way
     assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
-    cache = Cache(project.cache)
-    manifest = cache.load_manifest(folder.name)
+    manifest = cache.load_manifest(tid)
     assert manifest.complete and len(manifest.shards) == 4
-    assert _all_ids(cache, folder.name) == _plan_ids(cache, manifest.plan_id)
-    for name, data in published.items():
-        assert (folder / name).read_bytes() == data  # published shards byte-identical
-    assert not list(folder.glob("*.tmp"))
-    table = pa.concat_tables(cache.read_shard(folder.name, i) for i in range(4))
+    assert _all_ids(cache, tid) == _plan_ids(cache, manifest.plan_id)
+    for path, data in published.items():
+        assert cache.fs.cat_file(path) == data  # published shards byte-identical
+    assert not cache.fs.glob(join(folder, "*.tmp"))
+    table = pa.concat_tables(cache.read_shard(tid, i) for i in range(4))
     assert table.num_rows == 600
     assert np.isfinite(np.stack(table.column("mc_probs").to_numpy(zero_copy_only=False))).all()
 

@@ -1,4 +1,5 @@
-"""The cache on disk: atomic publish, damage detection, and readers that need none of our code."""
+"""The cache on disk and on S3: atomic publish, damage detection, and readers that need none of
+our code."""
 
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 import handmade
 from storage.cache import Cache
 from storage.columns import fixed_rows, ragged_rows, to_matrix
-from storage.fs import publish_bytes, staged_file
+from storage.fs import join, publish_bytes, staged_file
 from storage.records import ShardEntry
 
 
@@ -20,32 +21,34 @@ def _table(rows=10, classes=3):
                      "logits": fixed_rows(logits)})
 
 
-def test_staged_file_publishes_whole_or_not_at_all(tmp_path):
-    dest = str(tmp_path / "x.bin")
+def test_staged_file_publishes_whole_or_not_at_all(cache_location):
+    cache = Cache(cache_location)
+    dest = join(cache.root, "x.bin")
     with pytest.raises(RuntimeError):
-        with staged_file(Cache(tmp_path).fs, dest) as tmp:
+        with staged_file(cache.fs, dest) as tmp:
             tmp.write_bytes(b"half")
             raise RuntimeError("killed")
-    assert not (tmp_path / "x.bin").exists()
-    assert list(tmp_path.iterdir()) == []  # the temporary file is gone too
-    publish_bytes(Cache(tmp_path).fs, dest, b"whole")
-    assert (tmp_path / "x.bin").read_bytes() == b"whole"
+    assert not cache.fs.exists(dest)
+    assert cache.fs.find(cache.root) == []  # the temporary file is gone too
+    publish_bytes(cache.fs, dest, b"whole")
+    assert cache.fs.cat_file(dest) == b"whole"
 
 
-def test_shard_entry_records_rows_bytes_checksum_and_detects_damage(tmp_path):
-    cache = Cache(tmp_path)
+def test_shard_entry_records_rows_bytes_checksum_and_detects_damage(cache_location):
+    cache = Cache(cache_location)
     entry = cache.write_shard("t1", 0, _table())
-    path = tmp_path / "teachers" / "t1" / entry.file
-    assert entry.rows == 10 and entry.bytes == path.stat().st_size
+    path = join(cache.teacher_dir("t1"), entry.file)
+    assert entry.rows == 10 and entry.bytes == cache.fs.size(path)
     assert cache.published_shards("t1") == {0: entry}
     assert cache.shard_problem("t1", entry) is None
-    data = bytearray(path.read_bytes())
+    assert cache.read_shard("t1", 0).equals(_table())
+    data = bytearray(cache.fs.cat_file(path))
     data[-20] ^= 0xFF
-    path.write_bytes(bytes(data))
+    cache.fs.pipe_file(path, bytes(data))
     assert "sha256" in cache.shard_problem("t1", entry)
-    path.write_bytes(bytes(data[:-30]))
+    cache.fs.pipe_file(path, bytes(data[:-30]))
     assert "truncated" in cache.shard_problem("t1", entry)
-    path.unlink()
+    cache.fs.rm_file(path)
     assert "missing" in cache.shard_problem("t1", entry)
 
 
@@ -122,10 +125,10 @@ assert not bad, bad
     assert len(list((tmp_path / "plots").glob("*.png"))) == 7 and (tmp_path / "r.html").exists()
 
 
-def test_a_damaged_entry_names_its_file(tmp_path):
-    cache = Cache(tmp_path)
+def test_a_damaged_entry_names_its_file(cache_location):
+    cache = Cache(cache_location)
     cache.write_shard("t1", 0, _table())
-    (tmp_path / "teachers" / "t1" / "shard-00000.json").write_text("{not json")
+    cache.fs.pipe_file(join(cache.teacher_dir("t1"), "shard-00000.json"), b"{not json")
     with pytest.raises(Exception, match=r"shard-00000\.json: not a valid ShardEntry"):
         cache.published_shards("t1")
     assert ShardEntry  # the record type the message names
