@@ -37,6 +37,12 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _denied(location: str, error: PermissionError) -> None:
+    """Object stores answer wrong or missing credentials with PermissionError (s3fs: Forbidden)."""
+    _fail(f"{location}: access denied ({error}); check the credentials the store expects "
+          "(for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL or a profile)")
+
+
 @app.command()
 def cache(config: Path = typer.Argument(..., help="the YAML config"),
           teacher: Optional[list[str]] = typer.Option(None, "--teacher", "-t",
@@ -71,6 +77,8 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
                 summaries = cache_teachers(loaded, teachers=teacher, max_parallel=parallel, verify=verify)
     except (ConfigError, CacheError, NonFiniteOutput) as e:
         _fail(str(e))
+    except PermissionError as e:
+        _denied(loaded.cache, e)
     print_cache_summary(summaries, loaded.cache, console)
 
 
@@ -111,6 +119,8 @@ def train(config: Path = typer.Argument(..., help="the YAML config"),
                 summary = train_student(loaded, method=method, resume=resume)
     except (ConfigError, CacheError, ValueError) as e:
         _fail(str(e))
+    except PermissionError as e:
+        _denied(loaded.cache, e)
     print_train_summary(summary, console)
 
 
@@ -164,16 +174,18 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
     from storage.records import CacheError
 
     location = Cache(cache)
-    if not location.fs.exists(location.root):
-        _fail(f"{cache} does not exist")
-    if sql is not None:
-        _print_sql(location, sql, teacher, as_json)
-        return
     try:
+        if not location.fs.exists(location.root):
+            _fail(f"{cache} does not exist")
+        if sql is not None:
+            _print_sql(location, sql, teacher, as_json)
+            return
         gold = read_labels(labels, label_column, text_column) if labels else None
         report = inspect_cache(location, teacher, verify=verify, labels=gold, examples=examples)
     except CacheError as e:
         _fail(str(e))
+    except PermissionError as e:
+        _denied(cache, e)
     if plots or html:
         _write_plots(report, plots, html)
     if as_json:

@@ -184,3 +184,7 @@ def test_wrong_keys_are_refused(s3_cache, monkeypatch):
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     with pytest.raises(PermissionError):
         fs.ls(s3_cache.removeprefix("s3://"))
+    s3fs.S3FileSystem.clear_instance_cache()      # as in a fresh `distill` process
+    result = CliRunner().invoke(app, ["inspect", s3_cache, "--json"])
+    assert result.exit_code == 2
+    assert "access denied" in result.output and "AWS_SECRET_ACCESS_KEY" in result.output
