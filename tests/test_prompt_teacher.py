@@ -16,8 +16,9 @@ import tiny
 from flows.cli import app
 from pipeline.caching import teacher_cache
 from pipeline.calibration import eval_corpus_config
-from pipeline.config import load_config
+from pipeline.config import TeacherConfig, load_config
 from pipeline.continual import trainer as continual_trainer
+from pipeline.continual.prompts import PromptPool
 from pipeline.continual.student import ContinualStudent
 from pipeline.continual.teacher_prompts import eval_prompt_vectors
 from pipeline.corpus import plan_corpus
@@ -29,7 +30,6 @@ from storage.cache import Cache
 from storage.columns import to_matrix
 from storage.records import CacheError
 
-pytestmark = pytest.mark.usefixtures("prefect")
 runner = CliRunner()
 TASKS = [{"name": "t1", "corpus": {"path": "t1.jsonl", "rows_per_shard": 20}, "labels": ["class0", "class1"]},
          {"name": "t2", "corpus": {"path": "t2.jsonl", "rows_per_shard": 20}, "labels": ["class2", "class3"]}]
@@ -61,7 +61,7 @@ STUDENT = {"model": "teacher-b", "layers": 1, "max_length": 16}
 
 
 @pytest.fixture
-def prompt_teacher(project):
+def prompt_teacher(project, prefect):
     """A tiny CDL student trained in prompts mode (teacher a's caches), at cdl/student."""
     first = _write(project, "first.yaml", [{"name": "a", "model": "teacher-a", "max_length": 16,
                                             "batch_size": 8}],
@@ -176,3 +176,23 @@ def test_prompt_teacher_refuses_features_and_a_student_that_maps_prompts(project
     (prompt_teacher / "prompt_mapping.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="maps its own teachers' prompts"):
         teacher_cache(cache, plan, config.teachers[0].model_copy(update={"features": None})).start()
+
+
+def test_prompt_teacher_runner_uses_the_students_forward_also_with_mc_dropout(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny.classifier(tmp_path / "m"))
+    ContinualStudent(model, PromptPool(size=4, length=2, top_k=2, dim=32, key_dim=32)).save(
+        tmp_path / "p", tiny.tokenizer())
+    config = TeacherConfig(name="p", model=str(tmp_path / "p"), max_length=16, batch_size=3,
+                           mc_dropout={"passes": 3})
+    texts = tiny.sentences(7, seed=5)
+    out = PromptTeacherRunner(config, tmp_path / "p").run(texts)
+    teacher = ContinualStudent.load(tmp_path / "p").eval()
+    with torch.no_grad():
+        expected = teacher(**tiny.tokenizer()(texts, padding=True, truncation=True, max_length=16,
+                                              return_tensors="pt"))
+    np.testing.assert_allclose(out.logits, expected.logits.numpy(), rtol=1e-4, atol=1e-5)
+    assert out.prompt_vector.dtype == np.float16
+    np.testing.assert_allclose(out.prompt_vector, expected.prompt_vector.numpy(), rtol=1e-3, atol=1e-3)
+    assert out.mc_probs.shape == (7, 4) and np.allclose(out.mc_probs.sum(1), 1, atol=1e-5)
