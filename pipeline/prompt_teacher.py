@@ -50,6 +50,8 @@ class PromptTeacherRunner(ClassificationRunner):
 
 
 class PromptTeacherCache(ClassificationCache):
+    """A classification cache plus the `prompt_vector` column and the pool in the manifest."""
+
     runner_class = PromptTeacherRunner
 
     def describe(self) -> tuple[dict, dict[str, str]]:
