@@ -16,7 +16,7 @@ from flows.artifacts import publish_cache
 from flows.handoff import announce_if_complete, announce_teacher
 from flows.progress import reporter
 from pipeline.caching import NonFiniteOutput, TeacherCache, release_runner, teacher_cache
-from pipeline.calibration import eval_corpus_config
+from pipeline.calibration import eval_corpus_config, held_out_teachers
 from pipeline.config import ConfigError, DistillConfig, load_config
 from pipeline.corpus import plan_corpus
 from storage.cache import Cache
@@ -98,7 +98,8 @@ def _teacher_task(config: DistillConfig, teacher: str, plan: Plan, verify: bool)
 def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = None,
                    max_parallel: int = 1, verify: bool = True, announce: bool = True) -> list[dict]:
     """Cache every teacher of a config (or the named ones), `max_parallel` at a time; causal-LM
-    teachers also over the config's `eval` text, when it has one. With `announce`, a run that
+    teachers (and prompt-based ones, for a continual config: `held_out_teachers`) also over the
+    config's `eval` text, when it has one. With `announce`, a run that
     completes the config's caches tells the triggered training deployments (flows/handoff.py)."""
     config = _load(config)
     if config.corpus is None:
@@ -112,12 +113,13 @@ def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = Non
         futures = [runner.submit(_teacher_task, {"config": config, "teacher": n, "plan": plan,
                                                  "verify": verify}) for n in names]
         summaries = [f.result() for f in futures]
-    language_models = [n for n in names if config.teacher(n).kind == "causal-lm"]
-    if config.eval and language_models:
-        # A causal-LM student is evaluated against its teachers on the held-out text; caching
-        # that text now keeps teachers out of training like everything else they contribute.
+    evaluated = held_out_teachers(config, names) if config.eval else []
+    if evaluated:
+        # Causal-LM students and students that map teacher prompts are evaluated from the
+        # teachers' cache of the held-out text; caching it now keeps teachers out of training
+        # like everything else they contribute.
         held_out = eval_corpus_config(config).model_copy(update={"eval": None})
-        summaries += cache_teachers(held_out, teachers=language_models, max_parallel=max_parallel,
+        summaries += cache_teachers(held_out, teachers=evaluated, max_parallel=max_parallel,
                                     verify=verify, announce=False)
     if announce:
         announce_if_complete(config, wrote=any(s["computed"] for s in summaries))

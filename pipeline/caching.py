@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from pipeline.config import TeacherConfig
 from pipeline.runner import ClassificationRunner, ShardOutput
-from pipeline.teacher import TeacherIdentity, identify
+from pipeline.teacher import TeacherIdentity, identify, is_prompt_based
 from storage import FORMAT_VERSION, code_version
 from storage.cache import Cache
 from storage.columns import fixed_rows, ragged_rows
@@ -49,9 +49,12 @@ def release_runner(teacher_id: str) -> None:
 
 
 def teacher_cache(cache: Cache, plan: Plan, config: TeacherConfig, where: str = "config") -> "TeacherCache":
-    """The cache of one teacher, of the class that handles its `kind`."""
-    from pipeline.lm_caching import CausalLMCache  # imports this module: resolved at call time
+    """The cache of one teacher, of the class that handles its `kind` (and prompts, if it has any)."""
+    from pipeline.lm_caching import CausalLMCache  # these import this module: resolved at call time
+    from pipeline.prompt_teacher import PromptTeacherCache
 
+    if is_prompt_based(config, f"{where}: teachers[{config.name}].model"):
+        return PromptTeacherCache(cache, plan, config, where)
     kinds = {"classification": ClassificationCache, "causal-lm": CausalLMCache}
     return kinds[config.kind](cache, plan, config, where)
 

@@ -13,8 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ConfigError, CorpusConfig, DistillConfig
+from pipeline.config import (ConfigError, ContinualConfig, CorpusConfig, DistillConfig,
+                             TeacherConfig)
 from pipeline.labels import build_label_space
+from pipeline.teacher import is_prompt_based
 from storage.aligned import AlignedCache
 from storage.columns import to_matrix
 
@@ -88,12 +90,28 @@ def eval_corpus_config(config: DistillConfig) -> DistillConfig:
     if config.eval is None:
         raise ConfigError(f"{config.source}: calibration needs a labelled held-out set; add "
                           "`eval: {path: ..., label_column: label}`")
-    # A continual config has no top-level corpus (each task has its own): start from defaults.
-    corpus = (config.corpus or CorpusConfig(path=config.eval.path)).model_copy(
+    # A continual config has no top-level corpus (each task has its own, and `for_task` sets it):
+    # start from defaults, so every task's caching run and the trainer find one eval plan.
+    base = None if config.tasks else config.corpus
+    corpus = (base or CorpusConfig(path=config.eval.path)).model_copy(
         update={"path": config.eval.path, "text_column": config.eval.text_column})
     teachers = [t.model_copy(update={"mc_dropout": None, "features": None, "calibration": None})
                 for t in config.teachers]
     return config.model_copy(update={"corpus": corpus, "teachers": teachers})
+
+
+def held_out_teachers(config: DistillConfig, names: list[str]) -> list[str]:
+    """Which of the named teachers the caching flow also runs over the `eval` file, because their
+    students are evaluated from that cache: causal LMs (held-out text to compare with) and, for a
+    continual config that maps teacher prompts, prompt-based teachers (the mapped student needs
+    their prompt vectors for every input it is evaluated on)."""
+    maps = config.tasks is not None and (config.continual or ContinualConfig()).map_teacher_prompts
+
+    def needed(teacher: TeacherConfig) -> bool:
+        return teacher.kind == "causal-lm" or (
+            maps and is_prompt_based(teacher, f"{config.source}: teachers[{teacher.name}].model"))
+
+    return [n for n in names if needed(config.teacher(n))]
 
 
 def calibrate_teachers(config: DistillConfig, aligned: AlignedCache) -> list[dict]:

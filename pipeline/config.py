@@ -155,6 +155,11 @@ class ContinualConfig(Strict):
     match_weight: float = Field(0.1, ge=0, description="weight of the key-query matching loss")
     ce_weight: float = Field(0.5, ge=0, le=1, description="CE on the teacher argmax; the KL term "
                                                           "gets 1 - ce_weight")
+    map_teacher_prompts: bool = Field(
+        True, description="prompts mode: map the cached prompt vectors of prompt-based teachers "
+                          "into the student (CDL-Prompt v1); false: logits only")
+    mapping_components: int = Field(100, ge=1, description="components of each teacher's mapping")
+    mapping_length: int = Field(8, ge=1, description="prompt vectors each mapping inserts")
 
 
 class EvalConfig(Strict):

@@ -14,8 +14,10 @@ AGREEMENT_ROWS = 2048
 
 
 @torch.inference_mode()
-def predict(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
-    """Student logits [N, C] for `texts`, batches grouped by length."""
+def predict(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
+            per_row: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Student logits [N, C] for `texts`, batches grouped by length; `per_row` are further model
+    inputs given row by row (a continual student's teacher prompt vectors)."""
     device = next(model.parameters()).device
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
@@ -23,7 +25,8 @@ def predict(model, tokenizer, texts: list[str], max_length: int, batch_size: int
         rows = order[start:start + batch_size]
         inputs = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
                            max_length=max_length, return_tensors="pt").to(device)
-        out[rows] = model(**inputs).logits.float().cpu().numpy()
+        extra = {k: torch.from_numpy(v[rows]).to(device) for k, v in (per_row or {}).items()}
+        out[rows] = model(**inputs, **extra).logits.float().cpu().numpy()
     return out
 
 

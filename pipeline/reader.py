@@ -36,6 +36,7 @@ class Batch:
     teachers: TeacherBatch
     weights: torch.Tensor      # [B]: 1, or 0 for rows that only pad a rank's last batch
     features: list[TeacherFeatures | None] | None = None   # per teacher, when requested
+    teacher_prompts: torch.Tensor | None = None   # [B, sum D]: prompt-based teachers' vectors, NaN if null
 
 
 class CacheStream:
@@ -60,6 +61,7 @@ class CacheStream:
         self.aligned, self.labels, self.batch_size = aligned, labels, batch_size
         self.group_by_length = group_by_length
         self.features = [feature_layout(m) if features else None for m in aligned.manifests]
+        self.prompted = [k for k, m in enumerate(aligned.manifests) if "prompt_vector" in m.columns]
         self._lengths: dict[int, np.ndarray] = {}
         self.seed, self.shuffle, self.buffer_shards = seed, shuffle, buffer_shards
         self.rank, self.world = rank, world
@@ -150,9 +152,11 @@ class CacheStream:
         n = len(texts)
         features = [self._features(parts, layout, n) if layout else None
                     for parts, layout in zip(per_teacher, self.features)]
+        prompts = [_scatter_matrix(per_teacher[k], "prompt_vector", n) for k in self.prompted]
         return Batch(texts=texts, sample_ids=sample_ids, weights=weights,
                      teachers=self._teacher_batch(per_teacher, n),
-                     features=features if any(self.features) else None)
+                     features=features if any(self.features) else None,
+                     teacher_prompts=torch.from_numpy(np.concatenate(prompts, 1)) if prompts else None)
 
     @staticmethod
     def _features(parts, layout: tuple[int, bool], n: int) -> TeacherFeatures:

@@ -30,6 +30,7 @@ class ShardOutput:
     mc_entropy: np.ndarray | None = None     # [rows] H(mean probs) / log C
     mc_mutual_info: np.ndarray | None = None  # [rows] H(mean) - mean H, normalised like entropy
     features: np.ndarray | list[np.ndarray] | None = None  # [rows, D] or rows x [len, D]
+    prompt_vector: np.ndarray | None = None  # [rows, D] float16, prompt-based teachers only
     extra: dict = field(default_factory=dict)
 
     def finite_rows(self) -> np.ndarray:
@@ -84,13 +85,12 @@ class ClassificationRunner:
     """One loaded teacher; `run` is thread-safe (MC dropout flips the model's mode)."""
 
     def __init__(self, config: TeacherConfig, model_dir: Path):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.config = config
         self.device = pick_device(config.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            model_dir, local_files_only=True).to(self.device).eval()
+        self.model = self.load_model(model_dir).to(self.device).eval()
         self.num_labels = self.model.config.num_labels
         self._lock = threading.Lock()
         self._projection = None
@@ -98,6 +98,12 @@ class ClassificationRunner:
             width = self.model.config.hidden_size
             self._projection = torch.from_numpy(projection_matrix(
                 width, config.features.project_to, config.features.seed)).to(self.device)
+
+    @staticmethod
+    def load_model(model_dir: Path) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
 
     def run(self, texts: list[str], seed: int = 0,
             on_rows: Callable[[int], None] | None = None) -> ShardOutput:

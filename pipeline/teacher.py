@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, TeacherConfig
+from pipeline.continual.files import POOL_FILE, POOL_SETTINGS, has_prompt_pool
 from storage import FORMAT_VERSION
 from storage.fs import sha256_local
 
@@ -50,8 +51,17 @@ def resolve_model_dir(model: str, where: str) -> Path:
                           "use a local path.") from None
 
 
+def is_prompt_based(config: TeacherConfig, where: str) -> bool:
+    """A classification teacher whose folder holds a prompt pool: one of our own CDL students
+    trained in `prompts` mode, which is only the model it is together with its prompts
+    (pipeline/prompt_teacher.py). Recognised by its files: there is no right way to run it
+    without them, so no config switch."""
+    return config.kind == "classification" and has_prompt_pool(resolve_model_dir(config.model, where))
+
+
 def fingerprint(model_dir: Path) -> dict[str, str]:
-    """Hashes of the weights, the config and the tokenizer files (whatever changes outputs)."""
+    """Hashes of the weights, the config and the tokenizer files (whatever changes outputs); for
+    a prompt-based teacher also of its pool and pool settings (top_k changes the prompts)."""
     def digest(files: list[Path]) -> str:
         h = hashlib.sha256()
         for f in files:
@@ -62,8 +72,11 @@ def fingerprint(model_dir: Path) -> dict[str, str]:
     if not weights:
         raise ConfigError(f"{model_dir}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
     tokenizer = sorted(p for p in model_dir.iterdir() if p.name in TOKENIZER_FILES)
-    return {"weights_sha256": digest(weights), "config_sha256": digest([model_dir / "config.json"]),
-            "tokenizer_sha256": digest(tokenizer)}
+    prints = {"weights_sha256": digest(weights), "config_sha256": digest([model_dir / "config.json"]),
+              "tokenizer_sha256": digest(tokenizer)}
+    if has_prompt_pool(model_dir):
+        prints["prompt_pool_sha256"] = digest([model_dir / POOL_FILE, model_dir / POOL_SETTINGS])
+    return prints
 
 
 def output_settings(config: TeacherConfig) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """CDL building blocks on hand-made tensors: prompt selection, matching loss, the attention-based
-prompt mapping, the CDL loss, the accuracy-matrix summary, and the prompted tiny student."""
+prompt mapping, the teacher prompt vector and where mapped prompts go, the CDL loss, the
+accuracy-matrix summary, and the prompted tiny student."""
 
 import math
 
@@ -10,7 +11,7 @@ import yaml
 import tiny
 from pipeline.config import ConfigError, load_config
 from pipeline.continual.loss import cdl_loss
-from pipeline.continual.prompts import PromptMapping, PromptPool
+from pipeline.continual.prompts import MappedPrompts, PromptMapping, PromptPool, prompt_vector
 from pipeline.continual.student import ContinualStudent, insert_after_first
 from pipeline.continual.trainer import summarize
 from pipeline.methods.base import TeacherBatch
@@ -58,6 +59,79 @@ def test_mapping_weights_components_by_cosine_of_attended_teacher_prompt_and_key
     assert out.shape == (2, 2, 1)
     torch.testing.assert_close(out[0, :, 0], torch.tensor([1 + 100 / math.sqrt(2), 2 + 200 / math.sqrt(2)]))
     torch.testing.assert_close(out[1, :, 0], torch.tensor([2 / math.sqrt(5), 4 / math.sqrt(5)]))
+
+
+def test_prompt_vector_is_the_mean_of_the_selected_prompts_over_their_positions():
+    pool = PromptPool(size=3, length=2, top_k=2, dim=2, key_dim=2)
+    with torch.no_grad():
+        pool.keys.copy_(torch.tensor([[1., 0.], [0., 1.], [-1., 0.]]))
+        pool.prompts.copy_(torch.tensor([[[1., 2.], [3., 4.]], [[10., 20.], [30., 40.]],
+                                         [[100., 200.], [300., 400.]]]))
+    prompts, _ = pool(torch.tensor([[1., .5], [-1., 0.]]))   # row 0 picks 0, 1; row 1 picks 2, 1
+    # CDL v1's v: the k x L selected prompt vectors averaged
+    torch.testing.assert_close(prompt_vector(prompts), torch.tensor(
+        [[(1 + 3 + 10 + 30) / 4, (2 + 4 + 20 + 40) / 4],
+         [(100 + 300 + 10 + 30) / 4, (200 + 400 + 20 + 40) / 4]]))
+
+
+def _mapped(student_dim: int = 1) -> MappedPrompts:
+    """Teachers t (width 2, 2 prompts) and u (width 1, 2 prompts), 1 component each."""
+    mapped = MappedPrompts(["t", "u"], [2, 1], student_dim, components=1, length=2)
+    with torch.no_grad():
+        for m in mapped.maps:
+            m.attention.fill_(1.0)
+            m.keys.fill_(1.0)
+        mapped.maps[0].prompts.copy_(torch.tensor([[[1.], [2.]]]).expand(1, 2, student_dim))
+        mapped.maps[1].prompts.copy_(torch.tensor([[[5.], [6.]]]).expand(1, 2, student_dim))
+    return mapped
+
+
+def test_mapped_prompts_one_mapping_per_teacher_side_by_side_missing_rows_masked():
+    mapped = _mapped()
+    # row 0: t's v = [1, 1] (cos 1), u's v = [-2] (cos -1); row 1: u's vector is missing (NaN)
+    vectors = torch.tensor([[1., 1., -2.], [3., 0., float("nan")]])
+    prompts, present = mapped(vectors)
+    assert mapped.slots == 4 and prompts.shape == (2, 4, 1)
+    torch.testing.assert_close(prompts[0, :, 0], torch.tensor([1., 2., -5., -6.]))
+    c = 3 / math.sqrt(2) / 3                              # cos([3, 0], [1, 1])
+    torch.testing.assert_close(prompts[1, :, 0], torch.tensor([c, 2 * c, 0., 0.]))
+    assert present.tolist() == [[True] * 4, [True, True, False, False]]
+    with pytest.raises(ValueError, match="width 2 given.*t 2, u 1"):
+        mapped(vectors[:, :2])
+
+
+def test_mapped_prompts_go_after_the_students_own_and_are_saved(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny.classifier(tmp_path / "m"))
+    student = ContinualStudent(model, PromptPool(size=4, length=2, top_k=2, dim=32, key_dim=32),
+                               _mapped(student_dim=32))
+    inputs = tiny.tokenizer()(["cat runs fast", "the big red car"], padding=True, return_tensors="pt")
+    vectors = torch.tensor([[1., 1., -2.], [3., 0., float("nan")]])
+    seen = {}
+    model.register_forward_pre_hook(lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True)
+    out = student(**inputs, teacher_prompts=vectors)
+    own, _ = student.pool(student.query(inputs["input_ids"], inputs["attention_mask"]))
+    mapped, present = student.mapped(vectors)
+    embeds, mask = seen["inputs_embeds"], seen["attention_mask"]
+    # [CLS], 4 own prompt vectors, 4 mapped ones, then the tokens
+    torch.testing.assert_close(embeds[:, 1:5], own)
+    torch.testing.assert_close(embeds[:, 5:9], mapped)
+    torch.testing.assert_close(embeds[:, 9:], model.get_input_embeddings()(inputs["input_ids"][:, 1:]))
+    assert mask[:, 1:9].tolist() == [[1] * 8, [1] * 6 + [0, 0]]     # row 1: teacher u missing
+    torch.testing.assert_close(out.prompt_vector, own.mean(1))      # its own prompts only
+    (out.logits.sum() + out.match_loss).backward()
+    assert all(m.prompts.grad.abs().sum() > 0 for m in student.mapped.maps)    # the mapping learns
+    assert {id(p) for p in student.mapped.parameters()} <= {id(p) for p in student.parameter_groups()[1]}
+    with pytest.raises(ValueError, match="teacher_prompts are given exactly when.*maps: t, u"):
+        student(**inputs)
+
+    student.save(tmp_path / "saved", tiny.tokenizer())
+    loaded = ContinualStudent.load(tmp_path / "saved").eval()
+    assert loaded.mapped_teachers == ["t", "u"] and loaded.mapped.widths == [2, 1]
+    student.eval()
+    torch.testing.assert_close(loaded(**inputs, teacher_prompts=vectors).logits,
+                               student(**inputs, teacher_prompts=vectors).logits)
 
 
 def test_cdl_loss_uses_only_the_current_classes_and_valid_teacher_rows():
@@ -136,6 +210,7 @@ def _raw(**changes):
     ({"corpus": {"path": "c.jsonl"}}, "corpus and tasks: give one"),
     ({"continual": {"pool_size": 2, "top_k": 3}}, r"continual.top_k \(3\) exceeds continual.pool_size"),
     ({"student": {"model": "s", "labels": ["x"]}}, "student.labels: leave it out with tasks"),
+    ({"continual": {"mapping_length": 0}}, r"continual.mapping_length: Input should be greater"),
 ])
 def test_task_config_errors_name_file_and_key(tmp_path, changes, message):
     path = tmp_path / "c.yaml"

@@ -7,12 +7,12 @@ the keys become a map from input region to prompt (L2P's "surrogate loss"; its p
 coefficient is `continual.match_weight`).
 
 `PromptMapping` is CDL-Prompt's attention-based mapping of a teacher prompt into the student,
-built like a CODA-Prompt module: for the teacher's length-averaged prompt vector v,
-alpha_n = cos(v * A_n, K_n) and the student prompt is sum_n alpha_n P_n. It only applies to a
-prompt-based teacher whose prompt vectors are cached; our Hugging Face teachers are plain
-classifiers, so the trainer distils from logits only (the v3/KDP finding that the student does
-not need teacher prompts backs this) and the mapping is the tested building block for a
-prompt-caching teacher runner.
+built like a CODA-Prompt module: for the teacher's length-averaged prompt vector v
+(`prompt_vector`: the mean of the prompts it selected for the input), alpha_n = cos(v * A_n, K_n)
+and the student prompt is sum_n alpha_n P_n. `MappedPrompts` holds one mapping per prompt-based
+teacher: a teacher is one of our own prompt-mode students (pipeline/prompt_teacher.py caches its
+vectors beside its logits), and each teacher's pool is its own coordinate system, so vectors of
+two teachers are never averaged. Plain Hugging Face teachers have no prompts: logits only.
 """
 
 from __future__ import annotations
@@ -73,3 +73,38 @@ class PromptMapping(nn.Module):
 
     def forward(self, teacher_prompt: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bn,nld->bld", self.weights(teacher_prompt), self.prompts)
+
+
+def prompt_vector(prompts: torch.Tensor) -> torch.Tensor:
+    """CDL v1's teacher prompt v: the selected prompts [B, P, D] averaged over their P positions."""
+    return prompts.mean(1)
+
+
+class MappedPrompts(nn.Module):
+    """One `PromptMapping` per prompt-based teacher, in `teachers` order. The input is the
+    teachers' prompt vectors side by side, [B, sum of widths]; a teacher whose row is missing
+    (NaN: skipped by the cache, or not in it) contributes prompts masked out of attention."""
+
+    def __init__(self, teachers: list[str], widths: list[int], student_dim: int,
+                 components: int, length: int):
+        super().__init__()
+        self.teachers, self.widths = list(teachers), list(widths)
+        self.maps = nn.ModuleList(PromptMapping(w, student_dim, components, length) for w in widths)
+
+    @property
+    def slots(self) -> int:
+        """Input positions the mapped prompts take."""
+        return sum(m.prompts.shape[1] for m in self.maps)
+
+    def forward(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mapped prompts [B, slots, D_s], mask [B, slots]: False where the teacher had no vector)."""
+        if vectors.shape[-1] != sum(self.widths):
+            expected = ", ".join(f"{t} {w}" for t, w in zip(self.teachers, self.widths))
+            raise ValueError(f"teacher prompt vectors of width {vectors.shape[-1]} given; this student "
+                             f"maps the vectors of teachers of widths {expected}, side by side")
+        prompts, masks = [], []
+        for mapping, v in zip(self.maps, vectors.split(self.widths, dim=-1)):
+            present = torch.isfinite(v).all(-1)
+            prompts.append(mapping(v.nan_to_num(0.0)))
+            masks.append(present[:, None].expand(-1, mapping.prompts.shape[1]))
+        return torch.cat(prompts, 1), torch.cat(masks, 1)

@@ -10,7 +10,11 @@ which fills the accuracy matrix A[i][j] = accuracy on task j after training task
 
 Modes: `prompts` is CDL-Prompt with an L2P pool and a frozen backbone; `finetune` trains the whole
 plain classifier task after task with the same loss (the forgetting baseline); `joint` trains
-once on all tasks' caches with all classes (the upper bound).
+once on all tasks' caches with all classes (the upper bound). In `prompts` mode, when teacher
+caches carry prompt vectors (prompt-based teachers, pipeline/prompt_teacher.py), the student also
+learns one attention-based mapping per such teacher (CDL-Prompt v1, `MappedPrompts`) unless
+`continual.map_teacher_prompts` is false; evaluation then reads the teachers' vectors for the
+eval rows from their cache of the `eval` file (`eval_prompt_vectors`), so no teacher is loaded.
 
 Deviations from the paper (papers.md section 4.3): the teachers are frozen and cached once per
 task instead of co-training with the student; no gold labels (CE on the teacher argmax); a text
@@ -31,8 +35,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from pipeline.config import ConfigError, ContinualConfig, DistillConfig, TrainConfig
 from pipeline.continual.loss import cdl_loss
-from pipeline.continual.prompts import PromptPool
+from pipeline.continual.prompts import MappedPrompts, PromptPool
 from pipeline.continual.student import ContinualStudent
+from pipeline.continual.teacher_prompts import eval_prompt_vectors, prompt_widths
 from pipeline.evaluate import predict, read_labelled
 from pipeline.labels import LabelSpace, build_label_space
 from pipeline.reader import CacheStream, prefetch
@@ -97,33 +102,44 @@ def _stage_batches(tasks: list[Task], epoch: int, seed: int):
         yield next(iters[k])
 
 
-def _build(config: DistillConfig, space: LabelSpace, settings: ContinualConfig, mode: str):
+def _build(config: DistillConfig, space: LabelSpace, settings: ContinualConfig, mode: str,
+           prompted: list[tuple[str, int]]):
+    """The student; in `prompts` mode with a pool, and with a mapping for each of the `prompted`
+    teachers (name, prompt width) when `map_teacher_prompts` is on."""
     source, layers, pick = student_source(config)
     model, tokenizer = build_student(source, space, layers, pick)
     if mode != "prompts":
         return ContinualStudent(model), tokenizer
-    slots = settings.top_k * settings.prompt_length
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and config.student.max_length + slots > limit:
-        raise ConfigError(f"{config.source}: student.max_length ({config.student.max_length}) + "
-                          f"continual.top_k x prompt_length ({slots}) exceeds the student's "
-                          f"{limit} positions; shorten one of them")
     width = model.config.hidden_size
     pool = PromptPool(settings.pool_size, settings.prompt_length, settings.top_k, width, width)
-    return ContinualStudent(model, pool), tokenizer
+    mapped = None
+    if settings.map_teacher_prompts and prompted:
+        names, widths = zip(*prompted)
+        mapped = MappedPrompts(names, widths, width, settings.mapping_components, settings.mapping_length)
+    slots = settings.top_k * settings.prompt_length + (mapped.slots if mapped else 0)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and config.student.max_length + slots > limit:
+        mapping = f" + {len(mapped.teachers)} x continual.mapping_length" if mapped else ""
+        raise ConfigError(f"{config.source}: student.max_length ({config.student.max_length}) + "
+                          f"continual.top_k x prompt_length{mapping} ({slots}) exceeds the student's "
+                          f"{limit} positions; shorten one of them")
+    return ContinualStudent(model, pool, mapped), tokenizer
 
 
 def _evaluate(student, tokenizer, config: DistillConfig, eval_rows, tasks: list[Task],
               seen: int) -> list[float | None]:
-    """Accuracy on each of the first `seen` tasks, argmax over the classes seen so far."""
-    texts, gold = eval_rows
+    """Accuracy on each of the first `seen` tasks, argmax over the classes seen so far.
+    `eval_rows` = (texts, gold classes, teacher prompt vectors or None)."""
+    texts, gold, prompts = eval_rows
     classes = torch.cat([t.classes for t in tasks[:seen]]).numpy()
     task_of = np.full(len(gold), -1)
     for j, task in enumerate(tasks):
         task_of[np.isin(gold, task.classes.numpy())] = j
     rows = np.flatnonzero((task_of >= 0) & (task_of < seen))
     student.eval()
-    logits = predict(student, tokenizer, [texts[i] for i in rows], config.student.max_length)
+    per_row = None if prompts is None else {"teacher_prompts": prompts[rows]}
+    logits = predict(student, tokenizer, [texts[i] for i in rows], config.student.max_length,
+                     per_row=per_row)
     pred = classes[logits[:, classes].argmax(1)]
     correct = pred == gold[rows]
     return [float(correct[task_of[rows] == j].mean()) if j < seen and (task_of[rows] == j).any()
@@ -144,10 +160,13 @@ def train_continual(config: DistillConfig, *, mode: str | None = None,
     progress = progress or Progress()
     torch.manual_seed(train_cfg.seed)
     space, tasks = open_tasks(config, train_cfg.batch_size, train_cfg.seed)
-    student, tokenizer = _build(config, space, settings, mode)
+    student, tokenizer = _build(config, space, settings, mode,
+                                prompt_widths(tasks[0].stream.aligned.manifests))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     student.to(device)
-    eval_rows = read_labelled(config, space)
+    texts, gold = read_labelled(config, space)
+    mapped = student.mapped_teachers
+    eval_rows = (texts, gold, eval_prompt_vectors(config, mapped, texts) if mapped else None)
     stages = [tasks] if mode == "joint" else [[t] for t in tasks]
     per_stage = [train_cfg.epochs * sum(t.stream.batches_per_epoch() for t in stage) for stage in stages]
     progress.start(sum(per_stage))
@@ -164,6 +183,8 @@ def train_continual(config: DistillConfig, *, mode: str | None = None,
             for batch in _stage_batches(stage, epoch, train_cfg.seed):
                 inputs = tokenizer(batch.texts, padding=True, truncation=True,
                                    max_length=config.student.max_length, return_tensors="pt").to(device)
+                if mapped:
+                    inputs["teacher_prompts"] = batch.teacher_prompts.to(device)
                 out = student(**inputs)
                 loss, metrics = cdl_loss(out.logits.float(), teacher_batch_to(batch.teachers, device),
                                          classes, train_cfg.temperature, settings.ce_weight,
@@ -181,7 +202,8 @@ def train_continual(config: DistillConfig, *, mode: str | None = None,
         matrix.append(_evaluate(student, tokenizer, config, eval_rows, tasks, seen))
     report = {"mode": mode, "tasks": [t.name for t in tasks], "labels": space.labels,
               "task_classes": [t.classes.tolist() for t in tasks],
-              "teacher_ids": {t.name: t.teacher_ids for t in tasks}, "matrix": matrix,
+              "teacher_ids": {t.name: t.teacher_ids for t in tasks}, "mapped_teachers": mapped,
+              "matrix": matrix,
               **summarize(matrix), "steps": step, "train_seconds": time.perf_counter() - started,
               "config": config.model_dump(mode="json", exclude={"source"}), "history": history}
     out = Path(train_cfg.output)
