@@ -99,8 +99,8 @@ def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = Non
                    max_parallel: int = 1, verify: bool = True, announce: bool = True) -> list[dict]:
     """Cache every teacher of a config (or the named ones), `max_parallel` at a time; causal-LM
     teachers (and prompt-based ones, for a continual config: `held_out_teachers`) also over the
-    config's `eval` text, when it has one. With `announce`, a run that
-    completes the config's caches tells the triggered training deployments (flows/handoff.py)."""
+    config's `eval` text, when it has one. With `announce`, a run that completes the config's
+    caches tells the triggered training deployments (flows/handoff.py)."""
     config = _load(config)
     if config.corpus is None:
         raise ConfigError(f"{config.source}: this config has tasks, each with its own corpus; cache "
