@@ -44,7 +44,15 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
           task: Optional[list[str]] = typer.Option(None, "--task",
                                                     help="with `tasks`: only this task (repeatable); "
                                                          "default all, in order"),
-          parallel: int = typer.Option(1, help="teachers run side by side"),
+          parallel: Optional[int] = typer.Option(None, min=1, help="teachers run side by side "
+                                                 "(default 1, or one per --devices entry)"),
+          runner: Optional[str] = typer.Option(None, help="where shard tasks run: threads, ray "
+                                               "or dask (overrides runner.kind)"),
+          address: Optional[str] = typer.Option(None, help="an existing Ray/Dask cluster "
+                                                "(overrides runner.address); none starts a local one"),
+          devices: Optional[str] = typer.Option(None, help="comma-separated, e.g. cuda:0,cuda:1: "
+                                                "one teacher per device at a time (overrides "
+                                                "runner.devices)"),
           verify: bool = typer.Option(True, help="check published shards' checksums first"),
           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run each teacher once over the corpus and write its Arrow cache (missing shards only).
@@ -54,16 +62,18 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
     _quiet_libraries(verbose)
     from flows.caching import cache_task, cache_teachers
     from flows.progress import RichReporter, reporting
+    from flows.runners import cluster_scope
     from flows.tables import print_cache_summary
     from pipeline.caching import NonFiniteOutput
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import ConfigError, load_config, with_runner
     from storage.records import CacheError
 
     try:
-        loaded = load_config(config)
+        loaded = with_runner(load_config(config), kind=runner, address=address,
+                             devices=devices.split(",") if devices else None)
         if task and not loaded.tasks:
             raise ConfigError(f"{config}: --task needs a config with `tasks`")
-        with reporting(RichReporter(console)):
+        with reporting(RichReporter(console)), cluster_scope():
             if loaded.tasks:
                 names = [loaded.task(n).name for n in task or [t.name for t in loaded.tasks]]
                 summaries = [s for n in names for s in cache_task(
