@@ -92,24 +92,30 @@ def test_one_teacher_per_device_at_a_time(project, monkeypatch):
     tiny.classifier(project.root / "teacher-c", seed=3)
     teachers = [{"name": n, "model": f"teacher-{n}", "max_length": 16, "batch_size": 8} for n in "abc"]
     config = with_runner(load_config(project.config(teachers=teachers)), devices=["cpu:0", "cpu:1"])
-    runs, lock = [], threading.Lock()
+    runs, arrivals, lock = [], [], threading.Lock()
     both_at_once = threading.Barrier(2, timeout=60)  # passes only if two teachers run together
+    third_started = threading.Event()
     real_run = ClassificationRunner._run
 
     def recorded(self, texts, seed, on_rows):
+        """The first teacher holds its device until the third has started: the third must take
+        the device the second frees, never the first's."""
+        name = self.config.name
         with lock:
-            first_two = len({name for name, *_ in runs}) < 2 and not any(
-                name == self.config.name for name, *_ in runs)
-            runs.append((self.config.name, str(self.device), time.perf_counter(), None))
-            row = len(runs) - 1
-        if first_two:
+            new = name not in arrivals
+            arrivals.extend([name] if new else [])
+            runs.append([name, str(self.device), time.perf_counter(), None])
+            run = runs[-1]
+        if new and len(arrivals) <= 2:
             both_at_once.wait()
+        if name == arrivals[-1] and len(arrivals) == 3:
+            third_started.set()
+        if name == arrivals[0]:
+            assert third_started.wait(60), "the third teacher never got a free device"
         try:
-            time.sleep(0.2)
             return real_run(self, texts, seed, on_rows)
         finally:
-            with lock:
-                runs[row] = runs[row][:3] + (time.perf_counter(),)
+            run[3] = time.perf_counter()
 
     monkeypatch.setattr(ClassificationRunner, "_run", recorded)
     summaries = cache_teachers(config)
@@ -117,7 +123,8 @@ def test_one_teacher_per_device_at_a_time(project, monkeypatch):
     device_of = {}
     for name, device, *_ in runs:
         assert device_of.setdefault(name, device) == device  # a teacher stays on its device
-    assert set(device_of.values()) == {"cpu:0", "cpu:1"}
+    first, second, third = arrivals
+    assert device_of[first] != device_of[second] and device_of[third] == device_of[second]
     for device in ("cpu:0", "cpu:1"):
         spans = sorted((start, end, name) for name, d, start, end in runs if d == device)
         for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
