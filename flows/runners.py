@@ -113,7 +113,15 @@ def _ray(runner: RunnerConfig, where: str):
                 _in_keeper(ray.init, num_cpus=runner.workers, include_dashboard=False,
                            _temp_dir=temp_dir)
             _clusters.callback(ray.shutdown)
-    return RayTaskRunner(), lambda: [n["Resources"] for n in ray.nodes() if n["Alive"]], remote_options(**runner.shard_resources)
+    try:  # Ray checks its options only when the first shard is submitted
+        ray.remote(**runner.shard_resources)(lambda: None)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: runner.shard_resources: {e}") from None
+
+    def offers() -> list[dict]:
+        return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+    return RayTaskRunner(), offers, remote_options(**runner.shard_resources)
 
 
 def _dask(runner: RunnerConfig, where: str):
@@ -139,8 +147,8 @@ def _dask(runner: RunnerConfig, where: str):
         workers = task_runner.client.scheduler_info()["workers"].values()
         return [w.get("resources") or {} for w in workers]
 
-    placement = dask.annotate(resources=runner.shard_resources) if runner.shard_resources else nullcontext()
-    return task_runner, offers, placement
+    resources = runner.shard_resources
+    return task_runner, offers, dask.annotate(resources=resources) if resources else nullcontext()
 
 
 def _reachable(runner: RunnerConfig, where: str) -> None:
@@ -173,9 +181,10 @@ def _fits(runner: RunnerConfig, where: str, offers: list[dict]) -> None:
     requests = _requests(runner)
     if not requests or any(all(offer.get(k, 0) >= v for k, v in requests.items()) for offer in offers):
         return
+    offered = [{k: offer.get(k, 0) for k in requests} for offer in offers]
     hint = " (Dask workers declare theirs: `dask worker --resources GPU=1`)" if runner.kind == "dask" else ""
     raise ConfigError(f"{where}: runner.shard_resources asks {requests} per shard, but no "
-                      f"{runner.kind} worker offers that (workers offer {offers}); lower the "
+                      f"{runner.kind} worker offers that (workers offer {offered}); lower the "
                       f"request or add workers that have it{hint}")
 
 

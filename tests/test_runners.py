@@ -138,10 +138,17 @@ def test_one_teacher_per_device_at_a_time(project, monkeypatch):
         cache_teachers(config, max_parallel=3)
 
 
+BAD_RESOURCES = {  # (shard_resources, what the error says); this machine has no GPU
+    "ray": [({"num_gpus": 1}, r"asks \{'GPU': 1\} per shard, but no ray worker offers that"),
+            ({"gpus": 1}, "Invalid option keyword gpus")],
+    "dask": [({"GPU": 1}, r"asks \{'GPU': 1\} per shard, but no dask worker .*dask worker --resources")],
+}
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect")
 @pytest.mark.parametrize("kind", ["ray", "dask"])
-def test_cluster_runner_writes_the_thread_runners_bytes(project, kind, monkeypatch, tmp_path):
+def test_cluster_runner_writes_the_thread_runners_bytes(project, kind, monkeypatch):
     """One cluster for both teachers; shards computed in its workers, never in this process;
     every shard byte-identical to the thread runner's."""
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token written to ~/.ray in a test
@@ -150,15 +157,17 @@ def test_cluster_runner_writes_the_thread_runners_bytes(project, kind, monkeypat
     assert len(baseline) == 6
     config = with_runner(load_config(project.config(cache="cluster-cache")), kind=kind,
                          workers=2, shard_resources={"num_cpus": 1} if kind == "ray" else {})
-    loads = []
-    monkeypatch.setattr(ClassificationRunner, "__init__",
-                        lambda self, *a: loads.append(a) or pytest.fail("loaded in the flow process"))
+
+    def not_here(self, *args):
+        raise AssertionError("a teacher was loaded in the flow process, not in a worker")
+
+    monkeypatch.setattr(ClassificationRunner, "__init__", not_here)
     with cluster_scope():
         summaries = cache_teachers(config)
         assert _shard_files(project.root / "cluster-cache") == baseline
         assert _checksums(project.root / "cluster-cache", summaries) == _checksums(project.cache, threads)
-        assert [s["computed"] for s in summaries] == [3, 3] and not loads
-        greedy = {"num_gpus": 1} if kind == "ray" else {"GPU": 1}
-        with pytest.raises(ConfigError, match=r"runner\.shard_resources asks .*GPU.* no %s worker" % kind):
-            cache_teacher(with_runner(load_config(project.config(cache="other")), kind=kind,
-                                      shard_resources=greedy), "a")
+        assert [s["computed"] for s in summaries] == [3, 3]
+        for resources, message in BAD_RESOURCES[kind]:  # refused at once, in the same cluster
+            with pytest.raises(ConfigError, match=r"runner\.shard_resources.*" + message):
+                cache_teacher(with_runner(load_config(project.config(cache="other")), kind=kind,
+                                          shard_resources=resources), "a")
