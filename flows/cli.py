@@ -30,6 +30,7 @@ def _quiet_libraries(verbose: bool) -> None:
     # Prefect's embedded server gives up after 20 s, which a loaded 2-core machine can exceed.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "warning")
 
 
 def _fail(message: str) -> None:
