@@ -118,6 +118,12 @@ def _ray(runner: RunnerConfig, where: str):
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: runner.shard_resources: {e}") from None
 
+    if ray.cluster_resources().get("GPU") and not runner.shard_resources.get("num_gpus"):
+        get_run_logger().warning(
+            "the Ray cluster has GPUs but runner.shard_resources asks for none: Ray then neither "
+            "hides GPUs from a shard nor counts them, so the shards of a node share its first "
+            "GPU; set shard_resources: {num_gpus: 1}")
+
     def offers() -> list[dict]:
         return [node["Resources"] for node in ray.nodes() if node["Alive"]]
 
