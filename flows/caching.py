@@ -1,20 +1,25 @@
 """Prefect flows that fill the teacher cache: `cache-teacher` and `cache-teachers`.
 
 One task per shard, retried on transient errors, never run for a shard already published
-(and verified). Teacher inference is I/O-light and compute-heavy, so shard tasks of one teacher
-share one loaded model; teachers run side by side up to a concurrency limit. A finished teacher
-cache is published as Prefect artifacts (flows/artifacts.py).
+(and verified). Shard tasks run where `runner` says (flows/runners.py): on threads of this
+process, sharing one loaded model per teacher, or on the workers of a Ray or Dask cluster,
+each loading the teacher once. Teachers run side by side up to a concurrency limit, or one per
+device with `runner.devices` (flows/devices.py). A finished teacher cache is published as
+Prefect artifacts (flows/artifacts.py).
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.artifacts import publish_cache
+from flows.devices import DevicePool, pinned
 from flows.handoff import announce_if_complete, announce_teacher
 from flows.progress import reporter
+from flows.runners import check_installed, cluster_scope, shard_runner
 from pipeline.caching import NonFiniteOutput, TeacherCache, release_runner, teacher_cache
 from pipeline.calibration import eval_corpus_config, held_out_teachers
 from pipeline.config import ConfigError, DistillConfig, load_config
@@ -58,11 +63,12 @@ def _load(config: str | DistillConfig) -> DistillConfig:
     return config if isinstance(config, DistillConfig) else load_config(config)
 
 
-@flow(name="cache-teacher", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="cache-teacher")
 def cache_teacher(config: str | DistillConfig, teacher: str, plan: Plan | None = None,
                   verify: bool = True) -> dict:
     """Cache one teacher over the corpus plan; only missing or damaged shards are computed."""
     config = _load(config)
+    check_installed(config.runner, config.source)
     log = get_run_logger()
     plan = plan or plan_task(config)
     cached = teacher_cache(Cache(config.cache), plan, config.teacher(teacher), config.source)
@@ -70,11 +76,16 @@ def cache_teacher(config: str | DistillConfig, teacher: str, plan: Plan | None =
     todo, problems = cached.pending(verify=verify)
     for problem in problems:
         log.warning("recomputing: %s", problem)
-    rows = sum(plan.shards[i].rows for i in todo)
-    reporter().start(teacher, f"teacher {teacher}", total=rows)
-    futures = [shard_task.submit(cached, i) for i in todo]
-    for future in futures:
-        future.wait()
+    report = reporter()
+    report.start(teacher, f"teacher {teacher}", total=sum(plan.shards[i].rows for i in todo))
+    futures = []
+    if todo:
+        with shard_runner(config.runner, config.source) as runner:
+            futures = [runner.submit(shard_task, {"teacher": cached, "index": i}) for i in todo]
+            for future in as_completed(futures):
+                future.wait()
+                if config.runner.kind != "threads" and future.state.is_completed():
+                    report.advance(teacher, future.result())  # workers' progress stays with them
     release_runner(cached.teacher_id)
     failed = [f for f in futures if f.state.is_failed()]
     if failed:
@@ -90,17 +101,34 @@ def cache_teacher(config: str | DistillConfig, teacher: str, plan: Plan | None =
 
 
 @task(name="cache-teacher-run", cache_policy=NO_CACHE)
-def _teacher_task(config: DistillConfig, teacher: str, plan: Plan, verify: bool) -> dict:
-    return cache_teacher(config, teacher, plan=plan, verify=verify)
+def _teacher_task(config: DistillConfig, teacher: str, plan: Plan, verify: bool,
+                  devices: DevicePool | None) -> dict:
+    if devices is None:
+        return cache_teacher(config, teacher, plan=plan, verify=verify)
+    with devices.lease() as device:
+        get_run_logger().info("teacher %s runs on %s", teacher, device)
+        return cache_teacher(pinned(config, teacher, device), teacher, plan=plan, verify=verify)
+
+
+def _side_by_side(config: DistillConfig, max_parallel: int | None) -> int:
+    """Teachers run at once: `max_parallel`, or one per device, never more than devices."""
+    devices = config.runner.devices
+    if devices and max_parallel and max_parallel > len(devices):
+        raise ConfigError(f"{config.source}: {max_parallel} teachers side by side on "
+                          f"{len(devices)} devices ({', '.join(devices)}); a device runs one "
+                          "teacher at a time: drop --parallel or list more devices")
+    return max_parallel or (len(devices) if devices else 1)
 
 
 @flow(name="cache-teachers")
 def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = None,
-                   max_parallel: int = 1, verify: bool = True, announce: bool = True) -> list[dict]:
-    """Cache every teacher of a config (or the named ones), `max_parallel` at a time; causal-LM
-    teachers (and prompt-based ones, for a continual config: `held_out_teachers`) also over the
-    config's `eval` text, when it has one. With `announce`, a run that completes the config's
-    caches tells the triggered training deployments (flows/handoff.py)."""
+                   max_parallel: int | None = None, verify: bool = True,
+                   announce: bool = True) -> list[dict]:
+    """Cache every teacher of a config (or the named ones), `max_parallel` at a time (default
+    1, or one per device of `runner.devices`); causal-LM teachers (and prompt-based ones, for a
+    continual config: `held_out_teachers`) also over the config's `eval` text, when it has one.
+    With `announce`, a run that completes the config's caches tells the triggered training
+    deployments (flows/handoff.py)."""
     config = _load(config)
     if config.corpus is None:
         raise ConfigError(f"{config.source}: this config has tasks, each with its own corpus; cache "
@@ -108,19 +136,24 @@ def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = Non
     names = teachers or [t.name for t in config.teachers]
     for name in names:
         config.teacher(name)  # fail before any work on an unknown name
+    check_installed(config.runner, config.source)
+    lanes = _side_by_side(config, max_parallel)
     plan = plan_task(config)
-    with ThreadPoolTaskRunner(max_workers=max_parallel) as runner:
-        futures = [runner.submit(_teacher_task, {"config": config, "teacher": n, "plan": plan,
-                                                 "verify": verify}) for n in names]
-        summaries = [f.result() for f in futures]
-    evaluated = held_out_teachers(config, names) if config.eval else []
-    if evaluated:
-        # Causal-LM students and students that map teacher prompts are evaluated from the
-        # teachers' cache of the held-out text; caching it now keeps teachers out of training
-        # like everything else they contribute.
-        held_out = eval_corpus_config(config).model_copy(update={"eval": None})
-        summaries += cache_teachers(held_out, teachers=evaluated, max_parallel=max_parallel,
-                                    verify=verify, announce=False)
+    devices = DevicePool(config.runner.devices) if config.runner.devices else None
+    with cluster_scope():  # a local Ray/Dask cluster serves every teacher, eval text included
+        with ThreadPoolTaskRunner(max_workers=lanes) as runner:
+            futures = [runner.submit(_teacher_task, {"config": config, "teacher": n, "plan": plan,
+                                                     "verify": verify, "devices": devices})
+                       for n in names]
+            summaries = [f.result() for f in futures]
+        evaluated = held_out_teachers(config, names) if config.eval else []
+        if evaluated:
+            # Causal-LM students and students that map teacher prompts are evaluated from the
+            # teachers' cache of the held-out text; caching it now keeps teachers out of
+            # training like everything else they contribute.
+            held_out = eval_corpus_config(config).model_copy(update={"eval": None})
+            summaries += cache_teachers(held_out, teachers=evaluated, max_parallel=max_parallel,
+                                        verify=verify, announce=False)
     if announce:
         announce_if_complete(config, wrote=any(s["computed"] for s in summaries))
     return summaries
@@ -128,7 +161,7 @@ def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = Non
 
 @flow(name="cache-task")
 def cache_task(config: str | DistillConfig, task: str, teachers: list[str] | None = None,
-               max_parallel: int = 1, verify: bool = True) -> list[dict]:
+               max_parallel: int | None = None, verify: bool = True) -> list[dict]:
     """Cache the teachers over one task's corpus slice: the single run a schedule makes when a
     task arrives. The slice gets its own plan, hence its own teacher ids and shard files, so the
     caches of earlier tasks are never opened for writing. Announces (flows/handoff.py) once every
@@ -140,12 +173,13 @@ def cache_task(config: str | DistillConfig, task: str, teachers: list[str] | Non
 
 @flow(name="cache-tasks")
 def cache_tasks(config: str | DistillConfig, tasks: list[str] | None = None,
-                teachers: list[str] | None = None, max_parallel: int = 1,
+                teachers: list[str] | None = None, max_parallel: int | None = None,
                 verify: bool = True) -> list[dict]:
     """Cache every task of a tasks config (or the named ones) in order. Tasks already cached cost
     only a check, so a schedule running this on a config file that grows picks up each new task
     when it appears."""
     config = _load(config)
     names = [config.task(n).name for n in tasks or [t.name for t in config.tasks or []]]
-    return [s for n in names for s in cache_task(config, n, teachers=teachers,
-                                                  max_parallel=max_parallel, verify=verify)]
+    with cluster_scope():  # one local Ray/Dask cluster for every task
+        return [s for n in names for s in cache_task(config, n, teachers=teachers,
+                                                      max_parallel=max_parallel, verify=verify)]

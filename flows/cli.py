@@ -30,6 +30,7 @@ def _quiet_libraries(verbose: bool) -> None:
     # Prefect's embedded server gives up after 20 s, which a loaded 2-core machine can exceed.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "warning")
 
 
 def _fail(message: str) -> None:
@@ -50,7 +51,15 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
           task: Optional[list[str]] = typer.Option(None, "--task",
                                                     help="with `tasks`: only this task (repeatable); "
                                                          "default all, in order"),
-          parallel: int = typer.Option(1, help="teachers run side by side"),
+          parallel: Optional[int] = typer.Option(None, min=1, help="teachers run side by side "
+                                                 "(default 1, or one per --devices entry)"),
+          runner: Optional[str] = typer.Option(None, help="where shard tasks run: threads, ray "
+                                               "or dask (overrides runner.kind)"),
+          address: Optional[str] = typer.Option(None, help="an existing Ray/Dask cluster "
+                                                "(overrides runner.address); none starts a local one"),
+          devices: Optional[str] = typer.Option(None, help="comma-separated, e.g. cuda:0,cuda:1: "
+                                                "one teacher per device at a time (overrides "
+                                                "runner.devices)"),
           verify: bool = typer.Option(True, help="check published shards' checksums first"),
           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run each teacher once over the corpus and write its Arrow cache (missing shards only).
@@ -60,16 +69,18 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
     _quiet_libraries(verbose)
     from flows.caching import cache_tasks, cache_teachers
     from flows.progress import RichReporter, reporting
+    from flows.runners import cluster_scope
     from flows.tables import print_cache_summary
     from pipeline.caching import NonFiniteOutput
-    from pipeline.config import ConfigError, load_config
+    from pipeline.config import ConfigError, load_config, with_runner
     from storage.records import CacheError
 
     try:
-        loaded = load_config(config)
+        loaded = with_runner(load_config(config), kind=runner, address=address,
+                             devices=devices.split(",") if devices else None)
         if task and not loaded.tasks:
             raise ConfigError(f"{config}: --task needs a config with `tasks`")
-        with reporting(RichReporter(console)):
+        with reporting(RichReporter(console)), cluster_scope():
             if loaded.tasks:
                 summaries = cache_tasks(loaded, tasks=task, teachers=teacher, max_parallel=parallel,
                                         verify=verify)

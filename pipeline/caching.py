@@ -10,6 +10,7 @@ re-run over a complete cache (or over only-corrupt shards) does the least teache
 from __future__ import annotations
 
 import json
+import os
 import threading
 from abc import ABC, abstractmethod
 from functools import cached_property
@@ -35,9 +36,14 @@ _RUNNERS: dict[str, object] = {}
 _RUNNERS_LOCK = threading.Lock()
 
 
-def load_runner(identity: TeacherIdentity, config: TeacherConfig, runner_class: type):
-    """One loaded model per teacher id and process, shared by all of its shard tasks."""
+def load_runner(identity: TeacherIdentity, config: TeacherConfig, runner_class: type,
+                alone: bool = False):
+    """One loaded model per teacher id and process, shared by all of its shard tasks; `alone`
+    first drops every other teacher's model (a cluster worker keeps one teacher at a time)."""
     with _RUNNERS_LOCK:
+        if alone:
+            for other in [k for k in _RUNNERS if k != identity.teacher_id]:
+                del _RUNNERS[other]
         if identity.teacher_id not in _RUNNERS:
             _RUNNERS[identity.teacher_id] = runner_class(config, identity.model_dir)
         return _RUNNERS[identity.teacher_id]
@@ -70,10 +76,22 @@ class TeacherCache(ABC):
         self.cache, self.plan, self.config = cache, plan, config
         self.identity = identify(config, plan.plan_id, f"{where}: teachers[{config.name}].model")
         self.teacher_id = self.identity.teacher_id
+        self._home_pid = os.getpid()
 
     @cached_property
     def runner(self):
-        return load_runner(self.identity, self.config, self.runner_class)
+        # In a Ray/Dask worker (another process than the one that planned the run) nothing
+        # releases the model when the teacher is done, so a worker that moves on to another
+        # teacher frees the previous one: one model per worker and GPU.
+        return load_runner(self.identity, self.config, self.runner_class,
+                           alone=os.getpid() != self._home_pid)
+
+    def __getstate__(self) -> dict:
+        """Shard tasks that run in other processes get the settings, never a loaded model:
+        each worker process loads its own, once (load_runner)."""
+        state = self.__dict__.copy()
+        state.pop("runner", None)
+        return state
 
     @abstractmethod
     def describe(self) -> tuple[dict, dict[str, str]]:

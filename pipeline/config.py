@@ -7,7 +7,7 @@ config file, so a config and its data can move together.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -179,6 +179,36 @@ class ScheduleConfig(Strict):
                           "(with `tasks`: the continual student); [] = cache only")
 
 
+class RunnerConfig(Strict):
+    """Where `distill cache` runs its shard tasks (flows/runners.py): threads in this process,
+    or the processes of a Ray or Dask cluster; and, without a cluster, which devices teachers
+    are spread over (flows/devices.py)."""
+
+    kind: Literal["threads", "ray", "dask"] = "threads"
+    address: str | None = Field(None, description="an existing Ray/Dask cluster; none starts a "
+                                                   "local one for the run")
+    workers: int = Field(2, ge=1, description="threads per teacher, or the worker processes of "
+                                              "a local Ray/Dask cluster")
+    shard_resources: dict[str, Any] = Field(
+        default_factory=dict, description="per shard task: Ray options ({num_gpus: 1}) or Dask "
+                                          "worker resources ({GPU: 1})")
+    devices: list[str] | None = Field(None, min_length=1, description="threads only: teachers "
+                                      "side by side, one per device at a time (cuda:0, cuda:1)")
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> "RunnerConfig":
+        if self.kind == "threads" and (self.address or self.shard_resources):
+            raise ValueError("address and shard_resources are for kind: ray or dask; threads run "
+                             "in this process")
+        if self.devices and self.kind != "threads":
+            raise ValueError(f"devices is for kind: threads; with {self.kind}, request a GPU per "
+                             "shard in shard_resources instead (e.g. {num_gpus: 1} for Ray)")
+        if self.devices and len(set(self.devices)) < len(self.devices):
+            raise ValueError(f"devices lists a device twice ({', '.join(self.devices)}); list "
+                             "each once: one teacher runs on a device at a time")
+        return self
+
+
 class DistillConfig(Strict):
     cache: str = "./cache"
     corpus: CorpusConfig | None = None
@@ -189,6 +219,7 @@ class DistillConfig(Strict):
     train: TrainConfig | None = None
     eval: EvalConfig | None = None
     schedule: ScheduleConfig | None = None
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
     source: str = Field("<memory>", exclude=True, description="the file this was read from")
 
     @field_validator("teachers")
@@ -274,10 +305,24 @@ def _check_tasks(config: DistillConfig) -> None:
                           f"({continual.pool_size}); lower top_k or grow the pool")
 
 
-def _explain(error: ValidationError, source: str) -> str:
+def with_runner(config: DistillConfig, **overrides) -> DistillConfig:
+    """`config` with command-line overrides of its `runner` section (None: keep the file's),
+    checked like the file."""
+    updates = {k: v for k, v in overrides.items() if v is not None}
+    if not updates:
+        return config
+    try:
+        runner = RunnerConfig.model_validate({**config.runner.model_dump(exclude_unset=True), **updates})
+    except ValidationError as e:
+        raise ConfigError(_explain(e, f"{config.source} with the command-line options",
+                                   prefix=("runner",))) from None
+    return config.model_copy(update={"runner": runner})
+
+
+def _explain(error: ValidationError, source: str, prefix: tuple = ()) -> str:
     lines = [f"{source}: invalid config"]
     for err in error.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in prefix + err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key; remove it or check its spelling "
                          "(see the config reference in README.md)")

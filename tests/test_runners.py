@@ -1,0 +1,173 @@
+"""Where shard tasks run (flows/runners.py, flows/devices.py): threads, Ray, Dask, one teacher
+per device. Ray and Dask start clusters (10-30 s each here), so each has one slow test."""
+
+import pickle
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import tiny
+from flows.caching import cache_teacher, cache_teachers
+from flows.cli import app
+from flows.devices import limit_name
+from flows.runners import cluster_scope
+from pipeline import caching
+from pipeline.caching import teacher_cache
+from pipeline.config import ConfigError, load_config, with_runner
+from pipeline.corpus import plan_corpus
+from pipeline.runner import ClassificationRunner
+from storage.cache import Cache
+
+
+def _shard_files(cache_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(cache_dir)): p.read_bytes()
+            for p in sorted((cache_dir / "teachers").glob("*/shard-*.arrow"))}
+
+
+def _checksums(cache_dir: Path, summaries: list[dict]) -> dict[str, list[str]]:
+    cache = Cache(cache_dir)
+    return {s["teacher"]: [e.sha256 for e in cache.load_manifest(s["teacher_id"]).shards]
+            for s in summaries}
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_teacher_cache_travels_to_workers_without_its_model(project):
+    config = load_config(project.config())
+    cache = Cache(config.cache)
+    plan = plan_corpus(cache, config.corpus)
+    a, b = (teacher_cache(cache, plan, config.teacher(n)) for n in "ab")
+    model = a.runner
+    copy = pickle.loads(pickle.dumps(a))
+    assert "runner" not in copy.__dict__ and len(pickle.dumps(a)) < 20_000
+    assert copy.runner is model  # same process: the one loaded model is shared
+    try:
+        b = pickle.loads(pickle.dumps(b))
+        b._home_pid = -1  # as in a Ray/Dask worker: another process than the planner's
+        assert b.runner is not model and set(caching._RUNNERS) == {b.teacher_id}  # a was freed
+    finally:
+        caching._RUNNERS.clear()
+
+
+def test_runner_options_are_checked(project, monkeypatch):
+    config = load_config(project.config())
+    with pytest.raises(ConfigError, match=r"runner\.kind: Input should be 'threads', 'ray' or 'dask'"):
+        with_runner(config, kind="spark")
+    with pytest.raises(ConfigError, match="address and shard_resources are for kind: ray or dask"):
+        with_runner(config, address="127.0.0.1:6379")
+    with pytest.raises(ConfigError, match="devices is for kind: threads"):
+        with_runner(config, kind="ray", devices=["cuda:0"])
+    ray = with_runner(config, kind="ray", address="10.0.0.1:6379")
+    assert (ray.runner.kind, ray.runner.address, config.runner.kind) == ("ray", "10.0.0.1:6379", "threads")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "prefect_dask" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"needs the `dask` extra: pip install 'distill\[dask\]'"):
+        cache_teachers.fn(with_runner(config, kind="dask"))
+
+
+@pytest.mark.usefixtures("prefect")
+def test_unreachable_cluster_is_a_quick_clear_error(project):
+    address = f"127.0.0.1:{_closed_port()}"
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["cache", str(project.config()), "--teacher", "a",
+                                      "--runner", "ray", "--address", address])
+    assert result.exit_code == 2, result.output
+    assert f"no ray cluster answers at {address}" in result.output
+    assert "ray start --head" in result.output and time.perf_counter() - start < 60
+
+
+@pytest.mark.usefixtures("prefect")
+def test_one_teacher_per_device_at_a_time(project, monkeypatch):
+    tiny.classifier(project.root / "teacher-c", seed=3)
+    teachers = [{"name": n, "model": f"teacher-{n}", "max_length": 16, "batch_size": 8} for n in "abc"]
+    config = with_runner(load_config(project.config(teachers=teachers)), devices=["cpu:0", "cpu:1"])
+    runs, arrivals, lock = [], [], threading.Lock()
+    both_at_once = threading.Barrier(2, timeout=60)  # passes only if two teachers run together
+    third_started = threading.Event()
+    real_run = ClassificationRunner._run
+
+    def recorded(self, texts, seed, on_rows):
+        """The first teacher holds its device until the third has started: the third must take
+        the device the second frees, never the first's."""
+        name = self.config.name
+        with lock:
+            new = name not in arrivals
+            arrivals.extend([name] if new else [])
+            runs.append([name, str(self.device), time.perf_counter(), None])
+            run = runs[-1]
+        if new and len(arrivals) <= 2:
+            both_at_once.wait()
+        if name == arrivals[-1] and len(arrivals) == 3:
+            third_started.set()
+        if name == arrivals[0]:
+            assert third_started.wait(60), "the third teacher never got a free device"
+        try:
+            return real_run(self, texts, seed, on_rows)
+        finally:
+            run[3] = time.perf_counter()
+
+    monkeypatch.setattr(ClassificationRunner, "_run", recorded)
+    summaries = cache_teachers(config)
+    assert [s["computed"] for s in summaries] == [3, 3, 3]
+    device_of = {}
+    for name, device, *_ in runs:
+        assert device_of.setdefault(name, device) == device  # a teacher stays on its device
+    first, second, third = arrivals
+    assert device_of[first] != device_of[second] and device_of[third] == device_of[second]
+    for device in ("cpu:0", "cpu:1"):
+        spans = sorted((start, end, name) for name, d, start, end in runs if d == device)
+        for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
+            assert name == other or end <= start, f"{name} and {other} overlapped on {device}"
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(limit_name("cpu:0"))
+    assert (limit.limit, limit.active_slots) == (1, 0)
+    with pytest.raises(ConfigError, match="3 teachers side by side on 2 devices"):
+        cache_teachers(config, max_parallel=3)
+
+
+BAD_RESOURCES = {  # (shard_resources, what the error says); this machine has no GPU
+    "ray": [({"num_gpus": 1}, r"asks \{'GPU': 1\} per shard, but no ray worker offers that"),
+            ({"gpus": 1}, "Invalid option keyword gpus")],
+    "dask": [({"GPU": 1}, r"asks \{'GPU': 1\} per shard, but no dask worker .*dask worker --resources")],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect")
+@pytest.mark.parametrize("kind", ["ray", "dask"])
+def test_cluster_runner_writes_the_thread_runners_bytes(project, kind, monkeypatch):
+    """One cluster for both teachers; shards computed in its workers, never in this process;
+    every shard byte-identical to the thread runner's."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token written to ~/.ray in a test
+    threads = cache_teachers(str(project.config()))
+    baseline = _shard_files(project.cache)
+    assert len(baseline) == 6
+    config = with_runner(load_config(project.config(cache="cluster-cache")), kind=kind,
+                         workers=2, shard_resources={"num_cpus": 1} if kind == "ray" else {})
+
+    def not_here(self, *args):
+        raise AssertionError("a teacher was loaded in the flow process, not in a worker")
+
+    monkeypatch.setattr(ClassificationRunner, "__init__", not_here)
+    with cluster_scope():
+        summaries = cache_teachers(config)
+        assert _shard_files(project.root / "cluster-cache") == baseline
+        assert _checksums(project.root / "cluster-cache", summaries) == _checksums(project.cache, threads)
+        assert [s["computed"] for s in summaries] == [3, 3]
+        for resources, message in BAD_RESOURCES[kind]:  # refused at once, in the same cluster
+            with pytest.raises(ConfigError, match=r"runner\.shard_resources.*" + message):
+                cache_teacher(with_runner(load_config(project.config(cache="other")), kind=kind,
+                                          shard_resources=resources), "a")
