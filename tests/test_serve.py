@@ -8,7 +8,6 @@ training flow run start and finish by itself (the server's trigger, not a loop o
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 import tiny
+from s3server import free_ports
 from flows.caching import cache_tasks, cache_teachers
 from flows.handoff import CACHES_COMPLETE, complete_caches, config_key, config_resource
 from flows.serve import deployments
@@ -130,12 +130,6 @@ def test_a_scheduled_run_caches_a_task_appended_to_the_config(project):
 
 # ---- a real Prefect server ----------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait(check, timeout: float, what: str, proc: subprocess.Popen | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -179,7 +173,7 @@ def _healthy(url: str) -> bool:
 @pytest.fixture
 def prefect_server(tmp_path):
     """`prefect server start` on loopback, its database under its own PREFECT_HOME."""
-    url = f"http://127.0.0.1:{_free_port()}/api"
+    url = f"http://127.0.0.1:{free_ports(1)[0]}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "server-home"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
