@@ -416,7 +416,9 @@ def main() -> None:
             cfg["train"][key] = value
             cfg["amalgamation_train"].pop(key, None)
     cfg["student_init"] = args.student_init
-    bench_name = "quality-quick" if args.quick else "quality"   # a smoke run never overwrites
+    # A smoke run, or students from the base MiniLM, never overwrite the protocol's results.
+    bench_name = ("quality-quick" if args.quick else "quality") + (
+        "-minilm-init" if args.student_init == "minilm" else "")
     files = corpus_files(workdir, cfg)
     test_docs = read_jsonl(files["test"])
     gold_test = np.array([NAMES.index(d["label"]) for d in test_docs])
