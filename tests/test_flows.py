@@ -81,10 +81,10 @@ def test_cache_teachers_writes_aligned_complete_caches(project, cache_location):
     assert "| mean entropy | " in markdown and "| most predicted labels | class" in markdown
 
     # the inspect-cache flow publishes the whole report, table by table
-    inspected = inspect_cache_flow(str(project.cache))
+    inspected = inspect_cache_flow(cache_location)
     assert inspected["agreement"] == report["agreement"]
     page = Artifact.get(report_key(cache)).data
-    assert page.startswith(f"# Cache `{project.cache}`") and "## teachers" in page
+    assert page.startswith(f"# Cache `{cache_location}`") and "## teachers" in page
     assert page.count(f"| {manifest.teacher_id} |") == 1 and "## argmax agreement, plan" in page
 
 

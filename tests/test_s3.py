@@ -185,6 +185,9 @@ def test_wrong_keys_are_refused(s3_cache, monkeypatch):
     with pytest.raises(PermissionError):
         fs.ls(s3_cache.removeprefix("s3://"))
     s3fs.S3FileSystem.clear_instance_cache()      # as in a fresh `distill` process
-    result = CliRunner().invoke(app, ["inspect", s3_cache, "--json"])
+    try:
+        result = CliRunner().invoke(app, ["inspect", s3_cache, "--json"])
+    finally:  # forget the client with the wrong secret: later tests must not reuse it
+        s3fs.S3FileSystem.clear_instance_cache()
     assert result.exit_code == 2
     assert "access denied" in result.output and "AWS_SECRET_ACCESS_KEY" in result.output
