@@ -6,6 +6,7 @@ is recognised (and skipped) without any teacher work.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -61,7 +62,19 @@ def is_prompt_based(config: TeacherConfig, where: str) -> bool:
 
 def fingerprint(model_dir: Path) -> dict[str, str]:
     """Hashes of the weights, the config and the tokenizer files (whatever changes outputs); for
-    a prompt-based teacher also of its pool and pool settings (top_k changes the prompts)."""
+    a prompt-based teacher also of its pool and pool settings (top_k changes the prompts).
+
+    Remembered per folder while no file in it changes (name, size, mtime): a teacher id is asked
+    for once per teacher and corpus plan (every task of a tasks config, the completion check at
+    the end of each caching run), and hashing the weights of a large model takes seconds."""
+    stats = {p.name: p.stat() for p in model_dir.iterdir() if p.is_file()}
+    state = tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in stats.items()))
+    return dict(_fingerprint(model_dir, state))
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(model_dir: Path, state: tuple) -> tuple[tuple[str, str], ...]:
+    """`state` (the folder's files, sizes and mtimes) is only the cache key."""
     def digest(files: list[Path]) -> str:
         h = hashlib.sha256()
         for f in files:
@@ -76,7 +89,7 @@ def fingerprint(model_dir: Path) -> dict[str, str]:
               "tokenizer_sha256": digest(tokenizer)}
     if has_prompt_pool(model_dir):
         prints["prompt_pool_sha256"] = digest([model_dir / POOL_FILE, model_dir / POOL_SETTINGS])
-    return prints
+    return tuple(prints.items())
 
 
 def output_settings(config: TeacherConfig) -> dict[str, Any]:
