@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
                           PreTrainedModel)
 
 from pipeline.config import ConfigError
@@ -55,18 +55,57 @@ def truncate(model: PreTrainedModel, keep: list[int]) -> PreTrainedModel:
 
 
 def build_student(source: Path, labels: LabelSpace, layers: int | None = None,
-                  pick: str = "even"):
-    """A classifier with the student's label space on top of `source`'s encoder."""
+                  pick: str = "even", rename: dict[str, str] | None = None):
+    """A classifier with the student's label space on top of `source`'s encoder.
+
+    When `source` is itself a classifier, its head rows are carried over by label name (after
+    `rename`, the teacher's label map): a student that starts from a teacher knows that
+    teacher's classes from step 0, whatever their order, and only the classes it never had
+    start from a fresh row.
+    """
     model = AutoModelForSequenceClassification.from_pretrained(
         source, local_files_only=True, num_labels=labels.num_labels,
         id2label=dict(enumerate(labels.labels)), label2id={n: i for i, n in enumerate(labels.labels)},
         ignore_mismatched_sizes=True)
     if labels.scores:
         model.config.problem_type = "regression"
+    else:
+        carry_head_rows(model, source, labels.labels, rename or {})
     if layers is not None:
         model = truncate(model, pick_layers(model.config.num_hidden_layers, layers, pick))
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
     return model, tokenizer
+
+
+def output_layer(model: PreTrainedModel) -> torch.nn.Linear:
+    """The last linear layer of the classification head: one output row per label."""
+    linears = [m for n, m in model.named_modules() if is_head(n) and isinstance(m, torch.nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no classification head to initialise")
+    return linears[-1]
+
+
+def carry_head_rows(model: PreTrainedModel, source: Path, labels: list[str],
+                    rename: dict[str, str]) -> int:
+    """Copy each output row of `source`'s classification head into the row of `model` with the
+    same label; returns how many labels were carried. A source without a classification head
+    (a base encoder) or without named labels carries none."""
+    config = AutoConfig.from_pretrained(source, local_files_only=True)
+    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+        return 0
+    source_labels = [rename.get(config.id2label[i], config.id2label[i])
+                     for i in range(len(config.id2label))]
+    pairs = [(labels.index(name), i) for i, name in enumerate(source_labels) if name in labels]
+    if not pairs:
+        return 0
+    teacher = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=True)
+    mine, theirs = output_layer(model), output_layer(teacher)
+    to_rows, from_rows = map(list, zip(*pairs))
+    with torch.no_grad():
+        mine.weight[to_rows] = theirs.weight[from_rows]
+        if mine.bias is not None and theirs.bias is not None:
+            mine.bias[to_rows] = theirs.bias[from_rows]
+    return len(pairs)
 
 
 def build_lm_student(source: Path, layers: int | None = None, pick: str = "even"):

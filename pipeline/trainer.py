@@ -151,6 +151,14 @@ def student_source(config: DistillConfig) -> tuple[Path, int | None, str]:
         student.layers, student.pick
 
 
+def source_label_map(config: DistillConfig) -> dict[str, str]:
+    """The label map of the teacher the student is cut from: its head rows carry over by name."""
+    student = config.student
+    if student is None or student.from_teacher is None:
+        return {}
+    return config.teacher(student.from_teacher).label_map or {}
+
+
 def _mixed_precision(setting: str) -> str:
     if setting != "auto":
         return setting
@@ -187,7 +195,7 @@ def classification_recipe(config: DistillConfig, aligned: AlignedCache, method: 
                          features=train_cfg.features is not None)
     ensemble = make_method(method, temperature=train_cfg.temperature, **train_cfg.method_options)
     source, layers, pick = student_source(config)
-    model, tokenizer = build_student(source, labels, layers, pick)
+    model, tokenizer = build_student(source, labels, layers, pick, source_label_map(config))
     features = _feature_term(train_cfg, model, source, aligned)
     head = {id(p) for n, p in model.named_parameters() if is_head(n)}
     new = [p for p in model.parameters() if id(p) in head] + \

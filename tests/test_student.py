@@ -33,3 +33,24 @@ def test_truncated_student_keeps_the_chosen_teacher_layers(tmp_path):
     student.save_pretrained(tmp_path / "s")  # a truncated student saves and reloads as itself
     from transformers import AutoModelForSequenceClassification
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "s").config.num_hidden_layers == 2
+
+
+def _space(labels):
+    return LabelSpace(labels, [np.arange(len(labels))], np.ones((1, len(labels)), bool))
+
+
+def test_student_cut_from_a_teacher_keeps_its_head_rows_by_label_name(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+    path = tiny.classifier(tmp_path / "t", num_labels=3)
+    head = AutoModelForSequenceClassification.from_pretrained(path).classifier
+    # Reordered (the student's order is not the teacher's): rows follow the names.
+    student, _ = build_student(path, _space(["class2", "class0", "class1"]), layers=1)
+    torch.testing.assert_close(student.classifier.weight, head.weight[[2, 0, 1]])
+    torch.testing.assert_close(student.classifier.bias, head.bias[[2, 0, 1]])
+    # A wider label space (amalgamation): known classes carried, the new one freshly initialised.
+    wide, _ = build_student(path, _space(["class1", "new", "class0", "class2"]))
+    torch.testing.assert_close(wide.classifier.weight[[0, 2, 3]], head.weight[[1, 0, 2]])
+    assert not any(torch.allclose(wide.classifier.weight[1], row) for row in head.weight)
+    # The teacher's label map renames its labels into the student's space first.
+    renamed, _ = build_student(path, _space(["b", "a", "c"]), rename={"class0": "a", "class1": "b"})
+    torch.testing.assert_close(renamed.classifier.weight[[0, 1]], head.weight[[1, 0]])

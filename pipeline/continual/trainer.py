@@ -42,7 +42,8 @@ from pipeline.evaluate import predict, read_labelled
 from pipeline.labels import LabelSpace, build_label_space
 from pipeline.reader import CacheStream, prefetch
 from pipeline.student import build_student
-from pipeline.trainer import Progress, open_caches, student_source, teacher_batch_to
+from pipeline.trainer import (Progress, open_caches, source_label_map, student_source,
+                              teacher_batch_to)
 from storage.records import CacheError
 
 
@@ -107,7 +108,7 @@ def _build(config: DistillConfig, space: LabelSpace, settings: ContinualConfig, 
     """The student; in `prompts` mode with a pool, and with a mapping for each of the `prompted`
     teachers (name, prompt width) when `map_teacher_prompts` is on."""
     source, layers, pick = student_source(config)
-    model, tokenizer = build_student(source, space, layers, pick)
+    model, tokenizer = build_student(source, space, layers, pick, source_label_map(config))
     if mode != "prompts":
         return ContinualStudent(model), tokenizer
     width = model.config.hidden_size
