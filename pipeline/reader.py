@@ -252,4 +252,12 @@ def prefetch(batches: Iterator, depth: int = 2) -> Iterator:
         if errors:
             raise errors[0]
     finally:
+        # A consumer that stops early (max_steps, an error) must not leave the worker blocked on
+        # a full queue or still building batches in Arrow while the interpreter shuts down.
         stop.set()
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()

@@ -1,5 +1,8 @@
 """The aligned reader: alignment checks, deterministic shuffles, rank splits, resume."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -101,6 +104,15 @@ def test_label_maps_place_teacher_classes_in_the_student_space(cached):
     assert labels.covered.tolist()[1] == [True, True, False, False, True, True]
     with pytest.raises(ConfigError, match=r"teacher 'a' predicts \['class3'\]"):
         build_label_space(aligned.manifests, ["class0", "class1", "class2"])
+
+
+def test_prefetch_stopped_early_leaves_no_worker_behind():
+    before = threading.active_count()
+    batches = prefetch(iter(range(100)), depth=2)
+    assert next(batches) == 0
+    time.sleep(0.1)           # the worker fills the queue and blocks on put
+    batches.close()           # what a loop that stops early does to it
+    assert threading.active_count() == before
 
 
 def test_prefetch_keeps_order_and_reraises_errors():
