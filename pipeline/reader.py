@@ -260,4 +260,3 @@ def prefetch(batches: Iterator, depth: int = 2) -> Iterator:
                 q.get(timeout=0.05)
             except queue.Empty:
                 pass
-        thread.join()

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                          PreTrainedModel)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          AutoTokenizer, PreTrainedModel)
 
 from pipeline.config import ConfigError
 from pipeline.labels import LabelSpace
@@ -86,18 +86,19 @@ def output_layer(model: PreTrainedModel) -> torch.nn.Linear:
 
 
 def carry_head_rows(model: PreTrainedModel, source: Path, labels: list[str],
-                    rename: dict[str, str]) -> int:
+                    rename: dict[str, str]) -> None:
     """Copy each output row of `source`'s classification head into the row of `model` with the
-    same label; returns how many labels were carried. A source without a classification head
-    (a base encoder) or without named labels carries none."""
+    same label. A source without a classification head (a base encoder) or without named labels
+    carries none."""
     config = AutoConfig.from_pretrained(source, local_files_only=True)
     if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
-        return 0
+        return
     source_labels = [rename.get(config.id2label[i], config.id2label[i])
                      for i in range(len(config.id2label))]
-    pairs = [(labels.index(name), i) for i, name in enumerate(source_labels) if name in labels]
+    position = {name: i for i, name in enumerate(labels)}
+    pairs = [(position[name], i) for i, name in enumerate(source_labels) if name in position]
     if not pairs:
-        return 0
+        return
     teacher = AutoModelForSequenceClassification.from_pretrained(source, local_files_only=True)
     mine, theirs = output_layer(model), output_layer(teacher)
     to_rows, from_rows = map(list, zip(*pairs))
@@ -105,7 +106,6 @@ def carry_head_rows(model: PreTrainedModel, source: Path, labels: list[str],
         mine.weight[to_rows] = theirs.weight[from_rows]
         if mine.bias is not None and theirs.bias is not None:
             mine.bias[to_rows] = theirs.bias[from_rows]
-    return len(pairs)
 
 
 def build_lm_student(source: Path, layers: int | None = None, pick: str = "even"):
