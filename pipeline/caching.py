@@ -13,7 +13,6 @@ import json
 import os
 import threading
 from abc import ABC, abstractmethod
-from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -78,20 +77,18 @@ class TeacherCache(ABC):
         self.teacher_id = self.identity.teacher_id
         self._home_pid = os.getpid()
 
-    @cached_property
+    @property
     def runner(self):
-        # In a Ray/Dask worker (another process than the one that planned the run) nothing
-        # releases the model when the teacher is done, so a worker that moves on to another
-        # teacher frees the previous one: one model per worker and GPU.
+        """The loaded model, owned by the process's registry and never by this object: Prefect
+        keeps task parameters (this object) until the interpreter exits, so a model held here
+        would outlive `release_runner`; and shard tasks sent to other processes carry only the
+        settings, each worker loading its own model once.
+
+        In a Ray/Dask worker (another process than the one that planned the run) nothing
+        releases the model when the teacher is done, so a worker that moves on to another
+        teacher frees the previous one: one model per worker and GPU."""
         return load_runner(self.identity, self.config, self.runner_class,
                            alone=os.getpid() != self._home_pid)
-
-    def __getstate__(self) -> dict:
-        """Shard tasks that run in other processes get the settings, never a loaded model:
-        each worker process loads its own, once (load_runner)."""
-        state = self.__dict__.copy()
-        state.pop("runner", None)
-        return state
 
     @abstractmethod
     def describe(self) -> tuple[dict, dict[str, str]]:

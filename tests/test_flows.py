@@ -1,6 +1,7 @@
 """Real Prefect flow runs (embedded local mode) over tiny teachers: the cache's promises, on a
 local folder and (`cache_location`) on a real S3 server."""
 
+import gc
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from prefect.artifacts import Artifact
+from transformers import PreTrainedModel
 
 import tiny
 from flows.artifacts import cache_keys, report_key
@@ -49,6 +51,20 @@ def _plan_ids(cache: Cache, plan_id: str) -> list[int]:
     plan = cache.load_plan(plan_id)
     return [i for k in range(len(plan.shards))
             for i in cache.read_text_shard(plan, k).column("sample_id").to_pylist()]
+
+
+def _loaded_models() -> int:
+    gc.collect()
+    return sum(isinstance(o, PreTrainedModel) for o in gc.get_objects())
+
+
+def test_a_finished_teacher_leaves_no_model_loaded(project):
+    # Prefect keeps the task runs' parameters (our TeacherCache objects); a model held by them
+    # stays in memory for every later teacher, and is freed only while the interpreter exits,
+    # from whichever thread drops it last, which made torch abort the process.
+    before = _loaded_models()
+    cache_teachers(str(project.config()))
+    assert _loaded_models() == before
 
 
 def test_cache_teachers_writes_aligned_complete_caches(project, cache_location):
