@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
-from pipeline.finetune import minilm_path  # noqa: E402
+from distill.pipeline.finetune import minilm_path  # noqa: E402
 
 NUM_LABELS, BATCH, MAX_LENGTH = 12, 32, 128
 
@@ -50,7 +50,7 @@ def bare_loop(model, tokenizer, texts: list[str]) -> None:
 
 def distill_cache(work: Path, teacher: Path, texts: list[str], tag: str):
     """A complete `cache-teacher` flow run on a fresh cache; returns (seconds, summary)."""
-    from flows.caching import cache_teacher
+    from distill.flows.caching import cache_teacher
 
     folder = Path(tempfile.mkdtemp(dir=work, prefix=f"{tag}-"))
     (folder / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))

@@ -38,7 +38,7 @@ hermetic_env()
 
 import yaml  # noqa: E402
 
-from pipeline import demo  # noqa: E402
+from distill.pipeline import demo  # noqa: E402
 
 TASK_SIZE = 4, 3                     # tasks x classes per task
 MODES = ("prompts", "finetune", "joint")
@@ -61,7 +61,7 @@ def write_tasks(workdir: Path) -> list[dict]:
 
 
 def write_config(workdir: Path, teacher: Path, tasks: list[dict], epochs: int) -> Path:
-    from pipeline.finetune import minilm_path
+    from distill.pipeline.finetune import minilm_path
 
     config = {"cache": "cache", "tasks": tasks,
               "teachers": [{"name": "a", "model": str(teacher), "max_length": demo.MAX_LENGTH,
@@ -93,10 +93,10 @@ def main() -> None:
     parser.add_argument("--teachers", type=Path, help="a folder of demo teachers to reuse")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per task")
     args = parser.parse_args()
-    from flows.caching import cache_task
-    from pipeline.config import load_config
-    from pipeline.continual.trainer import train_continual
-    from pipeline.trainer import Progress
+    from distill.flows.caching import cache_task
+    from distill.pipeline.config import load_config
+    from distill.pipeline.continual.trainer import train_continual
+    from distill.pipeline.trainer import Progress
 
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="distill-continual-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ hermetic_env()
 
 import yaml  # noqa: E402
 
-from pipeline import demo  # noqa: E402
+from distill.pipeline import demo  # noqa: E402
 
 VARIANTS = {"logit-only": None, "+ uniform features": {"consensus": False},
             "+ consensus features": {"consensus": True}}
@@ -56,7 +56,7 @@ def write_config(workdir: Path, teachers: dict[str, Path], name: str, features: 
 
 def bytes_per_row(cache_root: Path, summaries: list[dict]) -> tuple[float, float]:
     """(all columns, without `features`) bytes per row, from the Arrow shards on disk."""
-    from storage.cache import Cache
+    from distill.storage.cache import Cache
 
     cache = Cache(cache_root)
     total = without = rows = 0
@@ -75,9 +75,9 @@ def main() -> None:
     parser.add_argument("--teachers", type=Path, help="a folder of demo teachers to reuse")
     parser.add_argument("--epochs", type=int, default=demo.STUDENT_EPOCHS)
     args = parser.parse_args()
-    from flows.caching import cache_teachers
-    from pipeline.config import load_config
-    from pipeline.trainer import train
+    from distill.flows.caching import cache_teachers
+    from distill.pipeline.config import load_config
+    from distill.pipeline.trainer import train
 
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="distill-features-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

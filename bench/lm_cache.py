@@ -37,16 +37,16 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.caching import release_runner, teacher_cache  # noqa: E402
-from pipeline.config import CorpusConfig, TeacherConfig  # noqa: E402
-from pipeline.corpus import plan_corpus  # noqa: E402
-from pipeline.lm_reader import TokenStream  # noqa: E402
-from pipeline.lm_runner import load_causal_lm  # noqa: E402
-from pipeline.smollm2 import export_smollm2  # noqa: E402
-from pipeline.student import build_lm_student  # noqa: E402
-from storage.aligned import AlignedCache  # noqa: E402
-from storage.cache import Cache  # noqa: E402
-from storage.shards import write_table  # noqa: E402
+from distill.pipeline.caching import release_runner, teacher_cache  # noqa: E402
+from distill.pipeline.config import CorpusConfig, TeacherConfig  # noqa: E402
+from distill.pipeline.corpus import plan_corpus  # noqa: E402
+from distill.pipeline.lm_reader import TokenStream  # noqa: E402
+from distill.pipeline.lm_runner import load_causal_lm  # noqa: E402
+from distill.pipeline.smollm2 import export_smollm2  # noqa: E402
+from distill.pipeline.student import build_lm_student  # noqa: E402
+from distill.storage.aligned import AlignedCache  # noqa: E402
+from distill.storage.cache import Cache  # noqa: E402
+from distill.storage.shards import write_table  # noqa: E402
 
 MODES = {"top-k k=16": {"mode": "top-k", "k": 16}, "top-k k=32": {"mode": "top-k", "k": 32},
          "top-k k=64": {"mode": "top-k", "k": 64}, "sampled N=16": {"mode": "sampled", "samples": 16},

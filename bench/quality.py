@@ -38,8 +38,8 @@ hermetic_env()
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from pipeline import demo  # noqa: E402
-from pipeline.finetune import finetune_classifier, minilm_path  # noqa: E402
+from distill.pipeline import demo  # noqa: E402
+from distill.pipeline.finetune import finetune_classifier, minilm_path  # noqa: E402
 
 START = time.perf_counter()
 NAMES = demo.labels()                      # the 12 classes, labels.json order
@@ -202,7 +202,7 @@ def cache_config(workdir: Path, setting: str, corpus: str, corpus_path: Path,
 
 def run_cache(config: Path, setting: str, corpus: str) -> list[dict]:
     """`distill cache CONFIG`: the cache-teachers flow; finished shards are reused."""
-    from flows.caching import cache_teachers
+    from distill.flows.caching import cache_teachers
 
     started = time.perf_counter()
     log(setting, f"caching over {corpus} ({config.name})")
@@ -215,13 +215,13 @@ def run_cache(config: Path, setting: str, corpus: str) -> list[dict]:
 
 def cached_logits(cache_root: Path, summaries: list[dict]) -> tuple[np.ndarray, list[np.ndarray]]:
     """(corpus row of each plan row, [N, C_k] logits per teacher), read from the cache alone."""
-    from storage.cache import Cache
+    from distill.storage.cache import Cache
 
     cache = Cache(cache_root)
     plan = cache.load_plan(summaries[0]["plan_id"])
     rows = np.concatenate([cache.read_text_shard(plan, i).column("row").to_numpy()
                            for i in range(len(plan.shards))])
-    from storage.columns import to_matrix
+    from distill.storage.columns import to_matrix
     logits = [np.concatenate([to_matrix(cache.read_shard(s["teacher_id"], i).column("logits"))
                               for i in range(len(plan.shards))]).astype(np.float64)
               for s in summaries]
@@ -277,8 +277,8 @@ def train_student(workdir: Path, setting: str, label: str, method: str, options:
                   pool_config: Path, test_path: Path, cfg: dict, teacher_ids: list[str]) -> dict:
     """Train one student from the pool cache (reused if a finished run with the same config and
     teacher caches exists) and return its report's eval + summary."""
-    from pipeline.config import load_config
-    from pipeline.trainer import Progress, train
+    from distill.pipeline.config import load_config
+    from distill.pipeline.trainer import Progress, train
 
     base = yaml.safe_load(pool_config.read_text())
     init = cfg["student_init"]
@@ -340,7 +340,7 @@ def flops_ratio(teacher_classes: list[int], tokens: int) -> dict:
     sequence of n tokens: 2·n·(4H² + 2HI) + 4·n²·H; plus pooler and head 2·H·(H + C))."""
     from transformers import AutoConfig
 
-    from pipeline.flops import encoder_flops
+    from distill.pipeline.flops import encoder_flops
 
     teachers = [AutoConfig.from_pretrained(minilm_path(), num_labels=c) for c in teacher_classes]
     student = AutoConfig.from_pretrained(minilm_path(), num_labels=len(NAMES))

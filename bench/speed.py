@@ -28,16 +28,16 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
 
-from pipeline.finetune import minilm_path  # noqa: E402
-from pipeline.flops import encoder_flops  # noqa: E402
-from pipeline.labels import build_label_space  # noqa: E402
-from pipeline.methods import make_method  # noqa: E402
-from pipeline.methods.base import TeacherBatch  # noqa: E402
-from pipeline.reader import Batch, CacheStream, prefetch  # noqa: E402
-from pipeline.student import build_student  # noqa: E402
-from pipeline.trainer import distill_loss  # noqa: E402
-from storage.aligned import AlignedCache  # noqa: E402
-from storage.cache import Cache  # noqa: E402
+from distill.pipeline.finetune import minilm_path  # noqa: E402
+from distill.pipeline.flops import encoder_flops  # noqa: E402
+from distill.pipeline.labels import build_label_space  # noqa: E402
+from distill.pipeline.methods import make_method  # noqa: E402
+from distill.pipeline.methods.base import TeacherBatch  # noqa: E402
+from distill.pipeline.reader import Batch, CacheStream, prefetch  # noqa: E402
+from distill.pipeline.student import build_student  # noqa: E402
+from distill.pipeline.trainer import distill_loss  # noqa: E402
+from distill.storage.aligned import AlignedCache  # noqa: E402
+from distill.storage.cache import Cache  # noqa: E402
 
 CLASSES, BATCH, MAX_LENGTH, EPOCHS = 12, 32, 64, 3
 
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    from flows.caching import cache_teachers
+    from distill.flows.caching import cache_teachers
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     results = {"rows": args.rows, "batch_size": BATCH, "epochs": EPOCHS}

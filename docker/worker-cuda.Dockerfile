@@ -22,6 +22,7 @@ RUN pip install --no-cache-dir torch==2.13.0
 
 WORKDIR /opt/distill
 COPY pyproject.toml README.md ./
+COPY distill ./distill
 COPY storage ./storage
 COPY inspection ./inspection
 COPY pipeline ./pipeline

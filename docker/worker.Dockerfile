@@ -16,6 +16,7 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
 
 WORKDIR /opt/distill
 COPY pyproject.toml README.md ./
+COPY distill ./distill
 COPY storage ./storage
 COPY inspection ./inspection
 COPY pipeline ./pipeline

@@ -10,12 +10,12 @@ import re
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from inspection.plots import loss_curve
-from inspection.sections import sections
-from pipeline.report import markdown
-from storage.cache import Cache
-from storage.inspect import inspect_cache
-from storage.records import TeacherManifest
+from distill.inspection.plots import loss_curve
+from distill.inspection.sections import sections
+from distill.pipeline.report import markdown
+from distill.storage.cache import Cache
+from distill.storage.inspect import inspect_cache
+from distill.storage.records import TeacherManifest
 
 
 def artifact_key(*parts: str) -> str:

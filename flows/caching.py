@@ -15,17 +15,17 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.artifacts import publish_cache
-from flows.devices import DevicePool, pinned
-from flows.handoff import announce_if_complete, announce_teacher
-from flows.progress import reporter
-from flows.runners import check_installed, cluster_scope, shard_runner
-from pipeline.caching import NonFiniteOutput, TeacherCache, release_runner, teacher_cache
-from pipeline.calibration import eval_corpus_config, held_out_teachers
-from pipeline.config import ConfigError, DistillConfig, load_config
-from pipeline.corpus import plan_corpus
-from storage.cache import Cache
-from storage.records import CacheError, Plan
+from distill.flows.artifacts import publish_cache
+from distill.flows.devices import DevicePool, pinned
+from distill.flows.handoff import announce_if_complete, announce_teacher
+from distill.flows.progress import reporter
+from distill.flows.runners import check_installed, cluster_scope, shard_runner
+from distill.pipeline.caching import NonFiniteOutput, TeacherCache, release_runner, teacher_cache
+from distill.pipeline.calibration import eval_corpus_config, held_out_teachers
+from distill.pipeline.config import ConfigError, DistillConfig, load_config
+from distill.pipeline.corpus import plan_corpus
+from distill.storage.cache import Cache
+from distill.storage.records import CacheError, Plan
 
 PERMANENT_ERRORS = (ConfigError, CacheError, NonFiniteOutput, ValueError, OSError)
 

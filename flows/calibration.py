@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.caching import cache_teachers
-from pipeline.calibration import calibrate_teachers, eval_corpus_config
-from pipeline.config import DistillConfig, load_config
-from pipeline.trainer import open_caches
+from distill.flows.caching import cache_teachers
+from distill.pipeline.calibration import calibrate_teachers, eval_corpus_config
+from distill.pipeline.config import DistillConfig, load_config
+from distill.pipeline.trainer import open_caches
 
 
 @flow(name="calibrate-teachers")

@@ -67,13 +67,13 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
     With `tasks` (continual distillation) each task's corpus slice is cached on its own, so a
     schedule can run `distill cache CONFIG --task NAME` when the task arrives."""
     _quiet_libraries(verbose)
-    from flows.caching import cache_tasks, cache_teachers
-    from flows.progress import RichReporter, reporting
-    from flows.runners import cluster_scope
-    from flows.tables import print_cache_summary
-    from pipeline.caching import NonFiniteOutput
-    from pipeline.config import ConfigError, load_config, with_runner
-    from storage.records import CacheError
+    from distill.flows.caching import cache_tasks, cache_teachers
+    from distill.flows.progress import RichReporter, reporting
+    from distill.flows.runners import cluster_scope
+    from distill.flows.tables import print_cache_summary
+    from distill.pipeline.caching import NonFiniteOutput
+    from distill.pipeline.config import ConfigError, load_config, with_runner
+    from distill.storage.records import CacheError
 
     try:
         loaded = with_runner(load_config(config), kind=runner, address=address,
@@ -103,15 +103,15 @@ def train(config: Path = typer.Argument(..., help="the YAML config"),
     """Train the student from the teacher caches (label-free ensemble distillation); with
     `tasks`, learn them in order (continual distillation) and print the task accuracy matrix."""
     _quiet_libraries(verbose)
-    from flows.progress import RichReporter, reporting
-    from flows.tables import print_continual_summary, print_train_summary
-    from pipeline.config import ConfigError, load_config
-    from storage.records import CacheError
+    from distill.flows.progress import RichReporter, reporting
+    from distill.flows.tables import print_continual_summary, print_train_summary
+    from distill.pipeline.config import ConfigError, load_config
+    from distill.storage.records import CacheError
 
     try:
         loaded = load_config(config)
         if loaded.tasks:
-            from flows.training import train_continual_student
+            from distill.flows.training import train_continual_student
 
             with reporting(RichReporter(console)):
                 summary = train_continual_student(loaded, mode=mode)
@@ -120,11 +120,11 @@ def train(config: Path = typer.Argument(..., help="the YAML config"),
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # Under `accelerate launch` / torchrun every rank runs the loop itself; Prefect
             # would start one embedded server per rank, so the flow wrapper is skipped.
-            from pipeline.trainer import train as run_training
+            from distill.pipeline.trainer import train as run_training
 
             summary = run_training(loaded, method=method, resume=resume)
         else:
-            from flows.training import train_student
+            from distill.flows.training import train_student
 
             with reporting(RichReporter(console)):
                 summary = train_student(loaded, method=method, resume=resume)
@@ -142,11 +142,11 @@ def calibrate(config: Path = typer.Argument(..., help="the YAML config; its `eva
               verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Fit each teacher's calibration (temperature, or Platt for scores) on the labelled eval set."""
     _quiet_libraries(verbose)
-    from flows.calibration import calibrate as calibrate_flow
-    from flows.progress import RichReporter, reporting
-    from flows.tables import print_calibration
-    from pipeline.config import ConfigError, load_config, write_calibration
-    from storage.records import CacheError
+    from distill.flows.calibration import calibrate as calibrate_flow
+    from distill.flows.progress import RichReporter, reporting
+    from distill.flows.tables import print_calibration
+    from distill.pipeline.config import ConfigError, load_config, write_calibration
+    from distill.storage.records import CacheError
 
     try:
         loaded = load_config(config)
@@ -178,11 +178,11 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
                                               "instead; views: texts and one per teacher"),
             as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """What is in a cache: coverage, confidence, labels, agreement, disagreement, plots, SQL."""
-    from flows.tables import print_report
-    from storage.cache import Cache
-    from storage.inspect import inspect_cache
-    from storage.labelled import read_labels
-    from storage.records import CacheError
+    from distill.flows.tables import print_report
+    from distill.storage.cache import Cache
+    from distill.storage.inspect import inspect_cache
+    from distill.storage.labelled import read_labels
+    from distill.storage.records import CacheError
 
     location = Cache(cache)
     try:
@@ -206,9 +206,9 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
 
 
 def _print_sql(cache, query: str, teachers: list[str] | None, as_json: bool) -> None:
-    from flows.tables import print_rows
-    from inspection.sql import SqlError, run_sql
-    from storage.records import CacheError
+    from distill.flows.tables import print_rows
+    from distill.inspection.sql import SqlError, run_sql
+    from distill.storage.records import CacheError
 
     try:
         result = run_sql(cache, query, teachers)
@@ -231,8 +231,8 @@ def _json_value(value):
 
 
 def _write_plots(report: dict, folder: Path | None, html_file: Path | None) -> None:
-    from inspection.html import render_html
-    from inspection.plots import render_plots
+    from distill.inspection.html import render_html
+    from distill.inspection.plots import render_plots
 
     pngs = render_plots(report)
     if folder:
@@ -258,8 +258,8 @@ def serve(config: Path = typer.Argument(..., help="the YAML config, with a `sche
     _quiet_libraries(verbose)
     from prefect import serve as serve_deployments
 
-    from flows.serve import deployments
-    from pipeline.config import ConfigError, load_config
+    from distill.flows.serve import deployments
+    from distill.pipeline.config import ConfigError, load_config
 
     try:
         made = deployments(load_config(config.resolve()))
@@ -275,7 +275,7 @@ def demo(workdir: Path = typer.Option(Path("distill-demo"), help="where teachers
          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """The whole pipeline on the embedded WordNet-12 sample with real MiniLM teachers."""
     _quiet_libraries(verbose)
-    from flows.demo import METHODS, run_demo
+    from distill.flows.demo import METHODS, run_demo
 
     unknown = sorted(set(method or []) - set(METHODS))
     if unknown:

@@ -18,16 +18,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from flows.caching import cache_teachers
-from flows.progress import RichReporter, reporting
-from flows.tables import print_cache_summary
-from flows.training import train_student
-from pipeline import demo
-from pipeline.config import load_config
-from pipeline.flops import flops_ratio
-from pipeline.trainer import open_caches
-from storage.columns import to_matrix
-from storage.inspect import probabilities
+from distill.flows.caching import cache_teachers
+from distill.flows.progress import RichReporter, reporting
+from distill.flows.tables import print_cache_summary
+from distill.flows.training import train_student
+from distill.pipeline import demo
+from distill.pipeline.config import load_config
+from distill.pipeline.flops import flops_ratio
+from distill.pipeline.trainer import open_caches
+from distill.storage.columns import to_matrix
+from distill.storage.inspect import probabilities
 
 # demo name -> (registered method, its options)
 METHODS = {"mean": ("mean", {}), "median": ("median", {}), "govern": ("govern", {}),

@@ -20,7 +20,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from pipeline.config import DistillConfig
+from distill.pipeline.config import DistillConfig
 
 
 def limit_name(device: str) -> str:

@@ -21,9 +21,9 @@ from pathlib import Path
 from prefect import get_run_logger
 from prefect.events import emit_event
 
-from pipeline.config import DistillConfig
-from pipeline.trainer import open_caches
-from storage.records import CacheError
+from distill.pipeline.config import DistillConfig
+from distill.pipeline.trainer import open_caches
+from distill.storage.records import CacheError
 
 CACHE_WRITTEN = "distill.teacher-cache.written"
 CACHES_COMPLETE = "distill.caches.complete"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.artifacts import publish_report
-from storage.cache import Cache
-from storage.inspect import inspect_cache as inspect_report
+from distill.flows.artifacts import publish_report
+from distill.storage.cache import Cache
+from distill.storage.inspect import inspect_cache as inspect_report
 
 
 @flow(name="inspect-cache")

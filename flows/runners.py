@@ -28,7 +28,7 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from pipeline.config import ConfigError, RunnerConfig
+from distill.pipeline.config import ConfigError, RunnerConfig
 
 EXTRAS = {"ray": "prefect_ray", "dask": "prefect_dask"}
 DEFAULT_PORTS = {"ray": 6379, "dask": 8786}

@@ -20,11 +20,11 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 from pydantic import ValidationError
 
-from flows.caching import cache_tasks, cache_teachers
-from flows.handoff import CACHES_COMPLETE, config_key, config_resource
-from flows.training import train_continual_student, train_student
-from pipeline.config import ConfigError, DistillConfig
-from pipeline.methods import REGISTRY
+from distill.flows.caching import cache_tasks, cache_teachers
+from distill.flows.handoff import CACHES_COMPLETE, config_key, config_resource
+from distill.flows.training import train_continual_student, train_student
+from distill.pipeline.config import ConfigError, DistillConfig
+from distill.pipeline.methods import REGISTRY
 
 
 def schedule_for(config: DistillConfig) -> CronSchedule:

@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from inspection.sections import fmt, sections
+from distill.inspection.sections import fmt, sections
 
 
 def print_report(report: dict, console: Console) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.artifacts import publish_training
-from flows.progress import reporter
-from pipeline.config import DistillConfig, load_config
-from pipeline.continual.trainer import train_continual
-from pipeline.trainer import Progress, train
+from distill.flows.artifacts import publish_training
+from distill.flows.progress import reporter
+from distill.pipeline.config import DistillConfig, load_config
+from distill.pipeline.continual.trainer import train_continual
+from distill.pipeline.trainer import Progress, train
 
 
 def progress_for(method: str) -> Progress:

@@ -8,8 +8,8 @@ import base64
 import html
 from datetime import datetime, timezone
 
-from inspection.plots import PLOTS
-from inspection.sections import Section, sections
+from distill.inspection.plots import PLOTS
+from distill.inspection.sections import Section, sections
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from inspection.sections import agreement_matrices
+from distill.inspection.sections import agreement_matrices
 
 PLOTS = {
     "confidence.png": "normalised entropy and top-1 margin of every classification teacher",

@@ -20,10 +20,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from storage.cache import Cache
-from storage.columns import to_matrix
-from storage.inspect import class_names, confidence, probabilities, select_manifests
-from storage.records import TeacherManifest
+from distill.storage.cache import Cache
+from distill.storage.columns import to_matrix
+from distill.storage.inspect import class_names, confidence, probabilities, select_manifests
+from distill.storage.records import TeacherManifest
 
 LEFT_OUT = ("features",)
 

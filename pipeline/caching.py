@@ -18,13 +18,13 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import TeacherConfig
-from pipeline.runner import ClassificationRunner, ShardOutput
-from pipeline.teacher import TeacherIdentity, identify, is_prompt_based
-from storage import FORMAT_VERSION, code_version
-from storage.cache import Cache
-from storage.columns import fixed_rows, ragged_rows
-from storage.records import Plan, ShardEntry, TeacherManifest
+from distill.pipeline.config import TeacherConfig
+from distill.pipeline.runner import ClassificationRunner, ShardOutput
+from distill.pipeline.teacher import TeacherIdentity, identify, is_prompt_based
+from distill.storage import FORMAT_VERSION, code_version
+from distill.storage.cache import Cache
+from distill.storage.columns import fixed_rows, ragged_rows
+from distill.storage.records import Plan, ShardEntry, TeacherManifest
 
 
 class NonFiniteOutput(ValueError):
@@ -55,8 +55,8 @@ def release_runner(teacher_id: str) -> None:
 
 def teacher_cache(cache: Cache, plan: Plan, config: TeacherConfig, where: str = "config") -> "TeacherCache":
     """The cache of one teacher, of the class that handles its `kind` (and prompts, if it has any)."""
-    from pipeline.lm_caching import CausalLMCache  # these import this module: resolved at call time
-    from pipeline.prompt_teacher import PromptTeacherCache
+    from distill.pipeline.lm_caching import CausalLMCache  # these import this module: resolved at call time
+    from distill.pipeline.prompt_teacher import PromptTeacherCache
 
     if is_prompt_based(config, f"{where}: teachers[{config.name}].model"):
         return PromptTeacherCache(cache, plan, config, where)

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import (ConfigError, ContinualConfig, CorpusConfig, DistillConfig,
+from distill.pipeline.config import (ConfigError, ContinualConfig, CorpusConfig, DistillConfig,
                              TeacherConfig)
-from pipeline.labels import build_label_space
-from pipeline.teacher import is_prompt_based
-from storage.aligned import AlignedCache
-from storage.columns import to_matrix
+from distill.pipeline.labels import build_label_space
+from distill.pipeline.teacher import is_prompt_based
+from distill.storage.aligned import AlignedCache
+from distill.storage.columns import to_matrix
 
 ECE_BINS = 15
 
@@ -118,7 +118,7 @@ def calibrate_teachers(config: DistillConfig, aligned: AlignedCache) -> list[dic
     """Fit each teacher on the cached logits over the eval set (`aligned`, built on the config
     `eval_corpus_config` returns). Class teachers get a temperature fitted on the rows whose gold
     class they cover; score teachers get Platt scaling (0/1 labels) or a least-squares map."""
-    from pipeline.evaluate import read_labelled
+    from distill.pipeline.evaluate import read_labelled
 
     labels = build_label_space(aligned.manifests, config.student.labels if config.student else None,
                                {t.name: t.label_map for t in config.teachers})

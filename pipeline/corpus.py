@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.config import ConfigError, CorpusConfig
-from storage.cache import Cache
-from storage.plan import build_plan
-from storage.records import Plan
+from distill.pipeline.config import ConfigError, CorpusConfig
+from distill.storage.cache import Cache
+from distill.storage.plan import build_plan
+from distill.storage.records import Plan
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
             ".txt": "text", ".arrow": "arrow"}

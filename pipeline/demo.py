@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from pipeline.finetune import finetune_classifier, minilm_path
-from pipeline.teacher import fingerprint
+from distill.pipeline.finetune import finetune_classifier, minilm_path
+from distill.pipeline.teacher import fingerprint
 
 DATA = Path(__file__).parent / "demo_data" / "wordnet12"
 TEACHERS = ("a", "b", "c")

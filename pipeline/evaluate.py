@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError, DistillConfig
-from pipeline.corpus import open_dataset
-from pipeline.labels import LabelSpace
+from distill.pipeline.config import ConfigError, DistillConfig
+from distill.pipeline.corpus import open_dataset
+from distill.pipeline.labels import LabelSpace
 
 AGREEMENT_ROWS = 2048
 

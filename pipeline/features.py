@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ConfigError
-from storage.records import TeacherManifest
+from distill.pipeline.config import ConfigError
+from distill.storage.records import TeacherManifest
 
 
 @dataclass

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.config import ConfigError
-from storage.records import TeacherManifest
+from distill.pipeline.config import ConfigError
+from distill.storage.records import TeacherManifest
 
 
 @dataclass

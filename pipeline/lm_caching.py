@@ -22,12 +22,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipeline.caching import TeacherCache
-from pipeline.config import ConfigError
-from pipeline.lm_runner import CausalLMRunner, LMShardOutput
-from pipeline.vocab import id_dtype, vocab_fingerprint
-from storage.columns import fixed_rows, nested
-from storage.lm_tokens import CODES_PER_NAT, encode_logprobs
+from distill.pipeline.caching import TeacherCache
+from distill.pipeline.config import ConfigError
+from distill.pipeline.lm_runner import CausalLMRunner, LMShardOutput
+from distill.pipeline.vocab import id_dtype, vocab_fingerprint
+from distill.storage.columns import fixed_rows, nested
+from distill.storage.lm_tokens import CODES_PER_NAT, encode_logprobs
 
 
 class CausalLMCache(TeacherCache):

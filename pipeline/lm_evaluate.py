@@ -14,10 +14,10 @@ import math
 
 import torch
 
-from pipeline.lm_losses import next_token_ce, sparse_kl
-from pipeline.lm_methods import TokenMean
-from pipeline.lm_reader import TokenStream
-from pipeline.lm_targets import align
+from distill.pipeline.lm_losses import next_token_ce, sparse_kl
+from distill.pipeline.lm_methods import TokenMean
+from distill.pipeline.lm_reader import TokenStream
+from distill.pipeline.lm_targets import align
 
 EVAL_TOKENS = 16384
 

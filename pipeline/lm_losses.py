@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import weighted_mean
+from distill.pipeline.losses import weighted_mean
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,9 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from pipeline.lm_losses import sparse_kl
-from pipeline.lm_targets import Aligned, SparseTargets, align
-from pipeline.methods.base import MethodOutput, masked_mean
+from distill.pipeline.lm_losses import sparse_kl
+from distill.pipeline.lm_targets import Aligned, SparseTargets, align
+from distill.pipeline.methods.base import MethodOutput, masked_mean
 
 
 class TokenMethod(ABC):

@@ -13,11 +13,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.lm_targets import SparseTargets
-from pipeline.reader import CacheStream
-from storage.lm_tokens import decode_logprobs
-from storage.columns import to_matrix, unnest
-from storage.records import CacheError, TeacherManifest
+from distill.pipeline.lm_targets import SparseTargets
+from distill.pipeline.reader import CacheStream
+from distill.storage.lm_tokens import decode_logprobs
+from distill.storage.columns import to_matrix, unnest
+from distill.storage.records import CacheError, TeacherManifest
 
 
 @dataclass

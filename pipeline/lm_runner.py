@@ -25,8 +25,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline.config import TeacherConfig
-from pipeline.runner import autocast, encode_longest_first, pick_device
+from distill.pipeline.config import TeacherConfig
+from distill.pipeline.runner import autocast, encode_longest_first, pick_device
 
 CHUNK_TOKENS = 256
 

@@ -9,17 +9,17 @@ vocabulary, checked by fingerprint before any training.
 
 from __future__ import annotations
 
-from pipeline.calibration import eval_corpus_config
-from pipeline.config import ConfigError, DistillConfig, TrainConfig
-from pipeline.lm_evaluate import evaluate_lm
-from pipeline.lm_losses import next_token_ce
-from pipeline.lm_methods import make_token_method
-from pipeline.lm_reader import TokenBatch, TokenStream
-from pipeline.methods.base import MethodOutput
-from pipeline.student import build_lm_student
-from pipeline.trainer import Recipe, open_caches, student_source
-from pipeline.vocab import check_same_vocabulary, vocab_fingerprint
-from storage.aligned import AlignedCache
+from distill.pipeline.calibration import eval_corpus_config
+from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig
+from distill.pipeline.lm_evaluate import evaluate_lm
+from distill.pipeline.lm_losses import next_token_ce
+from distill.pipeline.lm_methods import make_token_method
+from distill.pipeline.lm_reader import TokenBatch, TokenStream
+from distill.pipeline.methods.base import MethodOutput
+from distill.pipeline.student import build_lm_student
+from distill.pipeline.trainer import Recipe, open_caches, student_source
+from distill.pipeline.vocab import check_same_vocabulary, vocab_fingerprint
+from distill.storage.aligned import AlignedCache
 
 
 def cached_temperature(config: DistillConfig, aligned: AlignedCache) -> float:

@@ -24,11 +24,11 @@ import pyarrow as pa
 import torch
 from safetensors import safe_open
 
-from pipeline.caching import ClassificationCache
-from pipeline.continual.files import POOL_FILE, POOL_SETTINGS, maps_teacher_prompts
-from pipeline.continual.student import ContinualStudent
-from pipeline.runner import ClassificationRunner, ShardOutput, autocast
-from storage.columns import fixed_rows
+from distill.pipeline.caching import ClassificationCache
+from distill.pipeline.continual.files import POOL_FILE, POOL_SETTINGS, maps_teacher_prompts
+from distill.pipeline.continual.student import ContinualStudent
+from distill.pipeline.runner import ClassificationRunner, ShardOutput, autocast
+from distill.storage.columns import fixed_rows
 
 
 class PromptTeacherRunner(ClassificationRunner):

@@ -20,11 +20,11 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from pipeline.features import TeacherFeatures, feature_layout
-from pipeline.labels import LabelSpace
-from pipeline.methods.base import TeacherBatch
-from storage.aligned import AlignedCache, AlignedShard
-from storage.columns import to_matrix
+from distill.pipeline.features import TeacherFeatures, feature_layout
+from distill.pipeline.labels import LabelSpace
+from distill.pipeline.methods.base import TeacherBatch
+from distill.storage.aligned import AlignedCache, AlignedShard
+from distill.storage.columns import to_matrix
 
 GROUP_FACTOR = 16   # steps per length-sorted mega-batch (HF's Trainer uses 50)
 

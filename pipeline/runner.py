@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline.config import TeacherConfig
+from distill.pipeline.config import TeacherConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -7,7 +7,7 @@ transformers dequantize it (needs the `gguf` package), and save an ordinary fp32
 the GGUF load takes ~20 s and marks the model "quantized", which `save_pretrained` refuses, so
 the weights go into a fresh model first (shared/research/models-and-data.md).
 
-Run: python -m pipeline.smollm2 OUT_DIR
+Run: python -m distill.pipeline.smollm2 OUT_DIR
 """
 
 from __future__ import annotations
@@ -52,5 +52,5 @@ def export_smollm2(out: Path) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m pipeline.smollm2 OUT_DIR")
+        sys.exit("usage: python -m distill.pipeline.smollm2 OUT_DIR")
     print(export_smollm2(Path(sys.argv[1])))

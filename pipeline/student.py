@@ -9,8 +9,8 @@ import torch
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
                           AutoTokenizer, PreTrainedModel)
 
-from pipeline.config import ConfigError
-from pipeline.labels import LabelSpace
+from distill.pipeline.config import ConfigError
+from distill.pipeline.labels import LabelSpace
 
 
 def is_head(name: str) -> bool:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, TeacherConfig
-from pipeline.continual.files import POOL_FILE, POOL_SETTINGS, has_prompt_pool
-from storage import FORMAT_VERSION
-from storage.fs import sha256_local
+from distill.pipeline.config import ConfigError, TeacherConfig
+from distill.pipeline.continual.files import POOL_FILE, POOL_SETTINGS, has_prompt_pool
+from distill.storage import FORMAT_VERSION
+from distill.storage.fs import sha256_local
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",

@@ -18,18 +18,18 @@ from typing import Callable
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from pipeline.config import ConfigError, DistillConfig, TrainConfig
-from pipeline.evaluate import evaluate
-from pipeline.features import FeatureDistiller, feature_widths
-from pipeline.labels import LabelSpace, build_label_space
-from pipeline.methods import make_method
-from pipeline.methods.base import MethodOutput, TeacherBatch
-from pipeline.reader import Batch, CacheStream, prefetch
-from pipeline.student import build_student, is_head
-from pipeline.teacher import fingerprint, identify, resolve_model_dir
-from storage.aligned import AlignedCache
-from storage.cache import Cache
-from storage.records import CacheError
+from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig
+from distill.pipeline.evaluate import evaluate
+from distill.pipeline.features import FeatureDistiller, feature_widths
+from distill.pipeline.labels import LabelSpace, build_label_space
+from distill.pipeline.methods import make_method
+from distill.pipeline.methods.base import MethodOutput, TeacherBatch
+from distill.pipeline.reader import Batch, CacheStream, prefetch
+from distill.pipeline.student import build_student, is_head
+from distill.pipeline.teacher import fingerprint, identify, resolve_model_dir
+from distill.storage.aligned import AlignedCache
+from distill.storage.cache import Cache
+from distill.storage.records import CacheError
 
 
 @dataclass
@@ -231,7 +231,7 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
     set_seed(train_cfg.seed)
     aligned = open_caches(config)
     if any(t.kind == "causal-lm" for t in config.teachers):
-        from pipeline.lm_trainer import lm_recipe
+        from distill.pipeline.lm_trainer import lm_recipe
 
         recipe = lm_recipe(config, aligned, method_name, accelerator)
     else:
@@ -330,7 +330,7 @@ def _load_checkpoint(accelerator, folder: Path) -> Cursor | None:
 
 
 def _save_student(model, tokenizer, out: Path, report: dict) -> None:
-    from pipeline.report import write_report
+    from distill.pipeline.report import write_report
 
     model.save_pretrained(out / "student")
     tokenizer.save_pretrained(out / "student")

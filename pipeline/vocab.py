@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-from pipeline.config import ConfigError
+from distill.pipeline.config import ConfigError
 
 
 def vocab_fingerprint(tokenizer) -> str:

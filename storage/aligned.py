@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from storage.cache import Cache
-from storage.records import CacheError, Plan, TeacherManifest
+from distill.storage.cache import Cache
+from distill.storage.records import CacheError, Plan, TeacherManifest
 
 
 @dataclass

@@ -14,9 +14,9 @@ import os
 
 import pyarrow as pa
 
-from storage.fs import join, publish_bytes, remove_stale_temps, resolve, sha256_file
-from storage.records import CacheError, Plan, ShardEntry, TeacherManifest
-from storage.shards import read_table, write_table
+from distill.storage.fs import join, publish_bytes, remove_stale_temps, resolve, sha256_file
+from distill.storage.records import CacheError, Plan, ShardEntry, TeacherManifest
+from distill.storage.shards import read_table, write_table
 
 
 def shard_file(index: int) -> str:

@@ -22,7 +22,7 @@ from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from storage.records import CacheError
+from distill.storage.records import CacheError
 
 TMP_SUFFIX = ".tmp"
 

@@ -15,11 +15,11 @@ from itertools import combinations
 import numpy as np
 import pyarrow as pa
 
-from storage.cache import Cache
-from storage.columns import to_matrix
-from storage.lm_tokens import TokenStats, is_lm_cache
-from storage.records import CacheError, Plan, TeacherManifest
-from storage.summaries import Histogram, Reliability
+from distill.storage.cache import Cache
+from distill.storage.columns import to_matrix
+from distill.storage.lm_tokens import TokenStats, is_lm_cache
+from distill.storage.records import CacheError, Plan, TeacherManifest
+from distill.storage.summaries import Histogram, Reliability
 
 EXAMPLES = 10
 """How many most-disagreed-on texts the report keeps per group of comparable teachers."""

@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet
 
-from storage.fs import resolve
-from storage.ids import sample_id
-from storage.records import CacheError
+from distill.storage.fs import resolve
+from distill.storage.ids import sample_id
+from distill.storage.records import CacheError
 
 
 def _read_json(f) -> dict[str, list]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from storage.columns import to_matrix
-from storage.summaries import Histogram
+from distill.storage.columns import to_matrix
+from distill.storage.summaries import Histogram
 
 TOPK_IDS = "topk_ids"
 TOPK_CODES = "topk_logprob_codes"

@@ -15,11 +15,11 @@ from typing import Iterable
 
 import pyarrow as pa
 
-from storage import FORMAT_VERSION
-from storage.fs import join, publish_bytes
-from storage.ids import sample_id
-from storage.records import Plan, ShardEntry, SkippedRows
-from storage.shards import write_table
+from distill.storage import FORMAT_VERSION
+from distill.storage.fs import join, publish_bytes
+from distill.storage.ids import sample_id
+from distill.storage.records import Plan, ShardEntry, SkippedRows
+from distill.storage.shards import write_table
 
 TEXT_SCHEMA = pa.schema([("sample_id", pa.int64()), ("row", pa.int64()), ("text", pa.string())])
 _MAX_EXAMPLES = 20

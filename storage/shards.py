@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from fsspec import AbstractFileSystem
 
-from storage.fs import is_local, sha256_local, staged_file
+from distill.storage.fs import is_local, sha256_local, staged_file
 
 # One record batch per this many rows: big enough that per-batch metadata is noise in the
 # file size, small enough that readers can stream a shard.

@@ -14,12 +14,12 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 
-from storage import FORMAT_VERSION
-from storage.cache import Cache
-from storage.columns import fixed_rows, ragged_rows
-from storage.lm_tokens import encode_logprobs
-from storage.plan import build_plan
-from storage.records import Plan, TeacherManifest
+from distill.storage import FORMAT_VERSION
+from distill.storage.cache import Cache
+from distill.storage.columns import fixed_rows, ragged_rows
+from distill.storage.lm_tokens import encode_logprobs
+from distill.storage.plan import build_plan
+from distill.storage.records import Plan, TeacherManifest
 
 
 def write_plan(root, texts: list[str], rows_per_shard: int) -> tuple[Cache, Plan]:

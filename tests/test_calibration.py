@@ -9,9 +9,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
 
 import tiny
-from flows.cli import app
-from pipeline.calibration import expected_calibration_error, fit_platt, fit_temperature
-from pipeline.config import load_config
+from distill.flows.cli import app
+from distill.pipeline.calibration import expected_calibration_error, fit_platt, fit_temperature
+from distill.pipeline.config import load_config
 
 runner = CliRunner()
 
@@ -46,7 +46,7 @@ def test_calibrate_fits_each_teacher_on_the_eval_set_and_writes_the_config(proje
     assert written["a"].scale == pytest.approx(1 / expected, rel=1e-3)
     assert written["a"].bias == 0.0 and written["b"].scale > 0
     # The training corpus cache was not touched: only the eval plan was cached.
-    from storage.cache import Cache
+    from distill.storage.cache import Cache
     sources = {Cache(project.cache).load_plan(p).source for p in Cache(project.cache).plan_ids()}
     assert sources == {str(project.root / "heldout.jsonl")}
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from distill.flows.cli import app
 
 runner = CliRunner()
 

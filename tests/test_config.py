@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.config import ConfigError, load_config, parse_config
+from distill.pipeline.config import ConfigError, load_config, parse_config
 
 
 def _write(tmp_path, text):

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import tiny
-from flows.cli import app
-from pipeline.config import load_config
-from pipeline.continual.trainer import train_continual
-from storage.records import CacheError
+from distill.flows.cli import app
+from distill.pipeline.config import load_config
+from distill.pipeline.continual.trainer import train_continual
+from distill.storage.records import CacheError
 
 pytestmark = pytest.mark.usefixtures("prefect")
 runner = CliRunner()

@@ -189,7 +189,7 @@ def test_compose_addresses_and_credentials_agree(compose):
 
 
 def test_example_config_is_valid_and_its_bucket_is_created(compose):
-    from pipeline.config import load_config
+    from distill.pipeline.config import load_config
 
     config = load_config(DOCKER / "distill.yaml")
     cache = urlparse(config.cache)
@@ -204,7 +204,7 @@ def test_example_config_is_valid_and_its_bucket_is_created(compose):
     for path in paths:
         assert any(Path(path).is_relative_to(m) for m in mounts), path
     # what the workers' `distill serve` registers from it
-    from flows.serve import deployments
+    from distill.flows.serve import deployments
 
     assert [d.flow_name for d in deployments(config)] == ["cache-teachers", "train-student"]
 
@@ -307,7 +307,7 @@ def test_seaweedfs_service_and_bucket_init_work(compose, tmp_path):
                 time.sleep(1)
             assert done.returncode == 0, done.stderr[-3000:]
             assert "bucket distill ready" in done.stdout
-        from pipeline.config import load_config
+        from distill.pipeline.config import load_config
 
         probe = load_config(DOCKER / "distill.yaml").cache.rstrip("/") + "/compose-probe"
         code = ["-c", "import s3fs, sys; fs = s3fs.S3FileSystem(); fs.pipe_file(sys.argv[1], b'ok'); "
@@ -382,7 +382,7 @@ def test_dockerfile_installs_this_project(kind):
             assert not _ignored(source, ignore), f"COPY {source}: excluded by .dockerignore"
             copied.add(source)
     # what `pip install .` needs: pyproject, its readme, and every package setuptools finds
-    packages = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+    packages = set(PYPROJECT["tool"]["setuptools"]["package-dir"].values())
     assert {"pyproject.toml", PYPROJECT["project"]["readme"], *packages} <= copied
     # torch pinned as pyproject pins it; the CPU image takes the CPU build, the CUDA one PyPI's
     torch_pin = next(d for d in PYPROJECT["project"]["optional-dependencies"]["ml"] if d.startswith("torch"))
@@ -393,7 +393,7 @@ def test_dockerfile_installs_this_project(kind):
     # the entrypoint is the `distill` console script; an unprivileged user runs it
     (entry,) = by("ENTRYPOINT")
     assert entry.json and entry.value == ("distill",)
-    assert PYPROJECT["project"]["scripts"]["distill"] == "flows.cli:app"
+    assert PYPROJECT["project"]["scripts"]["distill"] == "distill.flows.cli:app"
     user = by("USER")[-1].value[0].split(":")[0]
     assert user not in {"root", "0"}
     assert f"--uid {user}" in runs

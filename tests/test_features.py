@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import tiny
-from flows.caching import cache_teachers
-from pipeline.config import ConfigError, load_config
-from pipeline.features import FeatureDistiller, TeacherFeatures, align, consensus_weights
-from pipeline.trainer import train
+from distill.flows.caching import cache_teachers
+from distill.pipeline.config import ConfigError, load_config
+from distill.pipeline.features import FeatureDistiller, TeacherFeatures, align, consensus_weights
+from distill.pipeline.trainer import train
 
 
 def test_consensus_weights_favour_agreeing_positions_average_one_and_are_detached():

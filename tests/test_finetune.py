@@ -16,7 +16,7 @@ from transformers import (  # noqa: E402
     AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel,
     PreTrainedTokenizerFast)
 
-from pipeline.finetune import finetune_classifier, noisy_labels  # noqa: E402
+from distill.pipeline.finetune import finetune_classifier, noisy_labels  # noqa: E402
 
 ANIMALS = "cat dog bird fish horse cow".split()
 THINGS = "car house stone city bridge lamp".split()
@@ -105,7 +105,7 @@ def test_label_noise_is_seeded_and_keeps_class_counts():
 
 
 def test_demo_teachers_are_reused_only_with_the_same_settings(base, tmp_path, monkeypatch):
-    from pipeline import demo
+    from distill.pipeline import demo
 
     monkeypatch.setattr(demo, "EPOCHS", 1)   # a real (short) fine-tune of each tiny teacher
     monkeypatch.setattr(demo, "TRAIN_LAYERS", 2)   # the tiny base: 2 layers, 32 positions

@@ -17,14 +17,14 @@ from prefect.artifacts import Artifact
 from transformers import PreTrainedModel
 
 import tiny
-from flows.artifacts import cache_keys, report_key
-from flows.caching import cache_teacher, cache_teachers
-from flows.inspection import inspect_cache as inspect_cache_flow
-from pipeline.caching import NonFiniteOutput
-from pipeline.config import ConfigError
-from storage.cache import Cache
-from storage.fs import is_local, join
-from storage.inspect import inspect_cache
+from distill.flows.artifacts import cache_keys, report_key
+from distill.flows.caching import cache_teacher, cache_teachers
+from distill.flows.inspection import inspect_cache as inspect_cache_flow
+from distill.pipeline.caching import NonFiniteOutput
+from distill.pipeline.config import ConfigError
+from distill.storage.cache import Cache
+from distill.storage.fs import is_local, join
+from distill.storage.inspect import inspect_cache
 
 pytestmark = pytest.mark.usefixtures("prefect")
 
@@ -192,7 +192,7 @@ def test_sigkill_mid_shard_then_resume_gives_every_row_exactly_once(project, tmp
     # The S3 endpoint and keys reach the run as they reach a user's: AWS_* in the environment.
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     env.pop("PREFECT_API_URL", None)
-    cmd = [sys.executable, "-m", "flows.cli", "cache", str(config)]
+    cmd = [sys.executable, "-m", "distill.flows.cli", "cache", str(config)]
     # Its own process group, so the kill also takes Prefect's embedded server with it.
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from pipeline.lm_losses import sparse_kl
-from pipeline.lm_methods import TokenGovern, TokenMean, make_token_method
-from pipeline.lm_targets import SparseTargets, align
+from distill.pipeline.lm_losses import sparse_kl
+from distill.pipeline.lm_methods import TokenGovern, TokenMean, make_token_method
+from distill.pipeline.lm_targets import SparseTargets, align
 
 V = 10
 

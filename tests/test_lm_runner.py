@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import pipeline.lm_runner as lm_runner
+import distill.pipeline.lm_runner as lm_runner
 import tiny
-from pipeline.config import TeacherConfig
-from pipeline.lm_runner import CausalLMRunner, unique_counts
+from distill.pipeline.config import TeacherConfig
+from distill.pipeline.lm_runner import CausalLMRunner, unique_counts
 
 TEXTS = tiny.sentences(23, seed=5, max_words=14)
 VOCAB = len(tiny.WORDS) + 5

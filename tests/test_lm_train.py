@@ -12,13 +12,13 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 import tiny
-from flows.caching import cache_teachers
-from flows.cli import app
-from pipeline.config import ConfigError, load_config, parse_config
-from pipeline.lm_reader import TokenStream
-from pipeline.trainer import train
-from storage.aligned import AlignedCache
-from storage.cache import Cache
+from distill.flows.caching import cache_teachers
+from distill.flows.cli import app
+from distill.pipeline.config import ConfigError, load_config, parse_config
+from distill.pipeline.lm_reader import TokenStream
+from distill.pipeline.trainer import train
+from distill.storage.aligned import AlignedCache
+from distill.storage.cache import Cache
 
 pytestmark = pytest.mark.usefixtures("prefect")
 VOCAB = len(tiny.WORDS) + 5

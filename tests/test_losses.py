@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from pipeline.calibration import apply_calibration, fit_affine, fit_temperature
-from pipeline.losses import (bce_relevance, distill_loss, kl_distill, mse_scores, soft_targets,
+from distill.pipeline.calibration import apply_calibration, fit_affine, fit_temperature
+from distill.pipeline.losses import (bce_relevance, distill_loss, kl_distill, mse_scores, soft_targets,
                              weighted_mean)
 
 LOG2 = math.log(2.0)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from pipeline.losses import kl_distill, mse_scores
-from pipeline.methods import REGISTRY, make_method
-from pipeline.methods.base import TeacherBatch
-from pipeline.methods.muka import standardise
+from distill.pipeline.losses import kl_distill, mse_scores
+from distill.pipeline.methods import REGISTRY, make_method
+from distill.pipeline.methods.base import TeacherBatch
+from distill.pipeline.methods.muka import standardise
 
 NAN = float("nan")
 

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import tiny
-from pipeline.config import ConfigError, CorpusConfig
-from pipeline.corpus import plan_corpus
-from storage.cache import Cache
-from storage.ids import normalize_text, sample_id
+from distill.pipeline.config import ConfigError, CorpusConfig
+from distill.pipeline.corpus import plan_corpus
+from distill.storage.cache import Cache
+from distill.storage.ids import normalize_text, sample_id
 
 
 def test_sample_id_depends_on_normalised_text_only():

@@ -13,22 +13,22 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import tiny
-from flows.cli import app
-from pipeline.caching import teacher_cache
-from pipeline.calibration import eval_corpus_config
-from pipeline.config import TeacherConfig, load_config
-from pipeline.continual import trainer as continual_trainer
-from pipeline.continual.prompts import PromptPool
-from pipeline.continual.student import ContinualStudent
-from pipeline.continual.teacher_prompts import eval_prompt_vectors
-from pipeline.corpus import plan_corpus
-from pipeline.evaluate import predict, read_labelled
-from pipeline.labels import build_label_space
-from pipeline.prompt_teacher import PromptTeacherRunner
-from pipeline.trainer import open_caches
-from storage.cache import Cache
-from storage.columns import to_matrix
-from storage.records import CacheError
+from distill.flows.cli import app
+from distill.pipeline.caching import teacher_cache
+from distill.pipeline.calibration import eval_corpus_config
+from distill.pipeline.config import TeacherConfig, load_config
+from distill.pipeline.continual import trainer as continual_trainer
+from distill.pipeline.continual.prompts import PromptPool
+from distill.pipeline.continual.student import ContinualStudent
+from distill.pipeline.continual.teacher_prompts import eval_prompt_vectors
+from distill.pipeline.corpus import plan_corpus
+from distill.pipeline.evaluate import predict, read_labelled
+from distill.pipeline.labels import build_label_space
+from distill.pipeline.prompt_teacher import PromptTeacherRunner
+from distill.pipeline.trainer import open_caches
+from distill.storage.cache import Cache
+from distill.storage.columns import to_matrix
+from distill.storage.records import CacheError
 
 runner = CliRunner()
 TASKS = [{"name": "t1", "corpus": {"path": "t1.jsonl", "rows_per_shard": 20}, "labels": ["class0", "class1"]},

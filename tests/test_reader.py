@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 import tiny
-from flows.caching import cache_teachers
-from pipeline.config import ConfigError
-from pipeline.labels import build_label_space
-from pipeline.reader import CacheStream, prefetch
-from storage.aligned import AlignedCache
-from storage.cache import Cache
-from storage.records import CacheError
+from distill.flows.caching import cache_teachers
+from distill.pipeline.config import ConfigError
+from distill.pipeline.labels import build_label_space
+from distill.pipeline.reader import CacheStream, prefetch
+from distill.storage.aligned import AlignedCache
+from distill.storage.cache import Cache
+from distill.storage.records import CacheError
 
 pytestmark = pytest.mark.usefixtures("prefect")
 

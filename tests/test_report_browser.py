@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 import handmade
-from flows.cli import app
-from inspection.plots import PLOTS
+from distill.flows.cli import app
+from distill.inspection.plots import PLOTS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -6,8 +6,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import tiny
-from pipeline.config import TeacherConfig
-from pipeline.runner import ClassificationRunner, projection_matrix
+from distill.pipeline.config import TeacherConfig
+from distill.pipeline.runner import ClassificationRunner, projection_matrix
 
 TEXTS = tiny.sentences(37, seed=11, max_words=20)
 

@@ -1,8 +1,11 @@
 """Where shard tasks run (flows/runners.py, flows/devices.py): threads, Ray, Dask, one teacher
 per device. Ray and Dask start clusters (10-30 s each here), so each has one slow test."""
 
+import os
 import pickle
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,16 +14,16 @@ import pytest
 from typer.testing import CliRunner
 
 import tiny
-from flows.caching import cache_teacher, cache_teachers
-from flows.cli import app
-from flows.devices import limit_name
-from flows.runners import cluster_scope
-from pipeline import caching
-from pipeline.caching import teacher_cache
-from pipeline.config import ConfigError, load_config, with_runner
-from pipeline.corpus import plan_corpus
-from pipeline.runner import ClassificationRunner
-from storage.cache import Cache
+from distill.flows.caching import cache_teacher, cache_teachers
+from distill.flows.cli import app
+from distill.flows.devices import limit_name
+from distill.flows.runners import cluster_scope
+from distill.pipeline import caching
+from distill.pipeline.caching import teacher_cache
+from distill.pipeline.config import ConfigError, load_config, with_runner
+from distill.pipeline.corpus import plan_corpus
+from distill.pipeline.runner import ClassificationRunner
+from distill.storage.cache import Cache
 
 
 def _shard_files(cache_dir: Path) -> dict[str, bytes]:
@@ -171,3 +174,25 @@ def test_cluster_runner_writes_the_thread_runners_bytes(project, kind, monkeypat
             with pytest.raises(ConfigError, match=r"runner\.shard_resources.*" + message):
                 cache_teacher(with_runner(load_config(project.config(cache="other")), kind=kind,
                                           shard_resources=resources), "a")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect")
+def test_dask_from_a_folder_with_decoy_packages(project, tmp_path):
+    """`distill cache --runner dask` started in a folder whose `storage/`, `pipeline/` and
+    `flows/` would shadow generic import names (as a Dask worker's own `storage/` scratch
+    folder did: every Dask run hung) writes the thread runner's bytes."""
+    cache_teachers(str(project.config()))
+    baseline = _shard_files(project.cache)
+    work = tmp_path / "elsewhere"
+    for name in ("storage", "pipeline", "flows", "inspection"):
+        (work / name).mkdir(parents=True)
+        (work / name / "__init__.py").write_text(f"raise ImportError('decoy {name}')\n")
+    config = project.config(cache=str(project.root / "dask-cache"))
+    env = {**os.environ, "PYTHONPATH": str(work), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run([sys.executable, "-m", "distill.flows.cli", "cache", str(config),
+                           "--runner", "dask"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _shard_files(project.root / "dask-cache") == baseline

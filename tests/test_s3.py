@@ -21,15 +21,15 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import tiny
-from flows.caching import cache_teachers
-from flows.cli import app
-from pipeline.config import load_config
-from pipeline.labels import build_label_space
-from pipeline.reader import CacheStream
-from pipeline.trainer import train
-from storage.aligned import AlignedCache
-from storage.cache import Cache
-from storage.records import TeacherManifest
+from distill.flows.caching import cache_teachers
+from distill.flows.cli import app
+from distill.pipeline.config import load_config
+from distill.pipeline.labels import build_label_space
+from distill.pipeline.reader import CacheStream
+from distill.pipeline.trainer import train
+from distill.storage.aligned import AlignedCache
+from distill.storage.cache import Cache
+from distill.storage.records import TeacherManifest
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_a_writer_killed_mid_upload_leaves_nothing_a_reader_opens(s3_cache, s3_s
     code = f"""
 import os, signal
 import numpy as np, pyarrow as pa, s3fs
-from storage.cache import Cache
+from distill.storage.cache import Cache
 # The multipart path of shards >= 100 MiB, reached with 5 MiB parts (the S3 minimum).
 s3fs.core.calculate_chunksize = lambda size, chunksize=None: 5 * 2**20
 call = s3fs.S3FileSystem._call_s3
@@ -80,8 +80,8 @@ def test_listings_follow_what_other_processes_write_and_delete(s3_cache):
     assert cache.teacher_ids() == ["t1"] and list(cache.published_shards("t1")) == [0]
     code = f"""
 import pyarrow as pa
-from storage.cache import Cache
-from storage.records import TeacherManifest
+from distill.storage.cache import Cache
+from distill.storage.records import TeacherManifest
 cache = Cache({s3_cache!r})
 cache.start_teacher(TeacherManifest.from_json({_manifest("t2").to_json()!r}, "t2"))
 cache.write_shard("t1", 1, pa.table({{"sample_id": [3]}}))
@@ -108,16 +108,16 @@ def s3_project(project, s3_cache):
 @pytest.fixture
 def shard_reads(monkeypatch):
     """Every shard object the code reads, in order."""
-    import storage.cache
+    import distill.storage.cache
 
     reads = []
-    read_table = storage.cache.read_table
+    read_table = distill.storage.cache.read_table
 
     def spy(fs, path):
         reads.append(path)
         return read_table(fs, path)
 
-    monkeypatch.setattr(storage.cache, "read_table", spy)
+    monkeypatch.setattr(distill.storage.cache, "read_table", spy)
     return reads
 
 

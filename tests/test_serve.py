@@ -20,10 +20,10 @@ import yaml
 
 import tiny
 from s3server import free_ports
-from flows.caching import cache_tasks, cache_teachers
-from flows.handoff import CACHES_COMPLETE, complete_caches, config_key, config_resource
-from flows.serve import deployments
-from pipeline.config import ConfigError, load_config
+from distill.flows.caching import cache_tasks, cache_teachers
+from distill.flows.handoff import CACHES_COMPLETE, complete_caches, config_key, config_resource
+from distill.flows.serve import deployments
+from distill.pipeline.config import ConfigError, load_config
 
 TRAIN = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "output": "run", "method": "mean"}
 STUDENT = {"from_teacher": "a", "layers": 1, "max_length": 16}
@@ -47,7 +47,7 @@ def test_deployments_schedule_caching_and_trigger_training_per_method(project):
     [schedule] = cache.schedules
     assert schedule.schedule.cron == "30 2 * * 1-5" and schedule.schedule.timezone == "Europe/Berlin"
     assert cache.parameters == {"config": str(Path(config.source).resolve())}
-    assert cache.entrypoint == "flows.caching.cache_teachers" and not cache.triggers
+    assert cache.entrypoint == "distill.flows.caching.cache_teachers" and not cache.triggers
     for d, method in zip(made[1:], ["govern", "mean"]):
         [trigger] = d.triggers
         assert trigger.expect == {CACHES_COMPLETE} and not d.schedules
@@ -218,7 +218,7 @@ def test_serve_on_a_real_server_trains_by_itself_when_the_caches_complete(projec
     config = load_config(_config(project))
     key = config_key(config)
     env = _client_env(url, tmp_path / "client-home")
-    with _process([sys.executable, "-m", "flows.cli", "serve", config.source], env,
+    with _process([sys.executable, "-m", "distill.flows.cli", "serve", config.source], env,
                   tmp_path / "serve.log") as serving:
         caching = _wait(lambda: _deployment(url, "cache-teachers", key), 240,
                         "caching deployment registered", serving)

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 
 import handmade
-from storage.cache import Cache
-from storage.columns import fixed_rows, ragged_rows, to_matrix
-from storage.fs import join, publish_bytes, staged_file
-from storage.records import ShardEntry
+from distill.storage.cache import Cache
+from distill.storage.columns import fixed_rows, ragged_rows, to_matrix
+from distill.storage.fs import join, publish_bytes, staged_file
+from distill.storage.records import ShardEntry
 
 
 def _table(rows=10, classes=3):
@@ -110,8 +110,8 @@ def test_inspect_runs_without_torch_transformers_or_prefect(tmp_path):
 import sys
 for blocked in ('torch', 'transformers', 'prefect'):
     sys.modules[blocked] = None  # `import torch` now raises ImportError
-import storage.aligned, storage.plan
-from flows.cli import app
+import distill.storage.aligned, distill.storage.plan
+from distill.flows.cli import app
 root = {str(tmp_path)!r}
 for args in ([], ['--plots', root + '/plots', '--html', root + '/r.html', '--labels',
                   root + '/labels.jsonl', '--json'], ['--sql', 'SELECT count(*) FROM a']):

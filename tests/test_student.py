@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import tiny
-from pipeline.config import ConfigError
-from pipeline.labels import LabelSpace
-from pipeline.student import build_student, pick_layers
+from distill.pipeline.config import ConfigError
+from distill.pipeline.labels import LabelSpace
+from distill.pipeline.student import build_student, pick_layers
 
 
 def test_pick_layers():

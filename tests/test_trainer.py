@@ -18,13 +18,13 @@ from transformers import AutoModelForSequenceClassification
 from typer.testing import CliRunner
 
 import tiny
-from flows.artifacts import training_keys
-from flows.caching import cache_teachers
-from flows.cli import app
-from pipeline.config import ConfigError, load_config
-from pipeline.trainer import train
-from storage.cache import Cache
-from storage.records import CacheError
+from distill.flows.artifacts import training_keys
+from distill.flows.caching import cache_teachers
+from distill.flows.cli import app
+from distill.pipeline.config import ConfigError, load_config
+from distill.pipeline.trainer import train
+from distill.storage.cache import Cache
+from distill.storage.records import CacheError
 
 pytestmark = pytest.mark.usefixtures("prefect")
 
@@ -120,7 +120,7 @@ def test_accelerate_launch_two_cpu_processes_split_every_epoch(project):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "flows.cli", "train", str(path)]
+           "-m", "distill.flows.cli", "train", str(path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((project.root / "run" / "report.json").read_text())

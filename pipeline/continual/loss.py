@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import kl_distill, weighted_mean
-from pipeline.methods.base import TeacherBatch
+from distill.pipeline.losses import kl_distill, weighted_mean
+from distill.pipeline.methods.base import TeacherBatch
 
 
 def task_targets(teachers: TeacherBatch, classes: torch.Tensor,

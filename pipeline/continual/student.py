@@ -30,9 +30,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.continual.files import MAPPING_FILE, POOL_FILE, POOL_SETTINGS
-from pipeline.continual.prompts import MappedPrompts, PromptPool, prompt_vector
-from pipeline.student import is_head
+from distill.pipeline.continual.files import MAPPING_FILE, POOL_FILE, POOL_SETTINGS
+from distill.pipeline.continual.prompts import MappedPrompts, PromptPool, prompt_vector
+from distill.pipeline.student import is_head
 
 
 @dataclass

@@ -13,12 +13,12 @@ import re
 
 import numpy as np
 
-from pipeline.calibration import eval_corpus_config
-from pipeline.config import DistillConfig
-from pipeline.trainer import open_caches
-from storage.columns import to_matrix
-from storage.ids import sample_ids
-from storage.records import CacheError, TeacherManifest
+from distill.pipeline.calibration import eval_corpus_config
+from distill.pipeline.config import DistillConfig
+from distill.pipeline.trainer import open_caches
+from distill.storage.columns import to_matrix
+from distill.storage.ids import sample_ids
+from distill.storage.records import CacheError, TeacherManifest
 
 COLUMN = "prompt_vector"
 

@@ -33,18 +33,18 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from pipeline.config import ConfigError, ContinualConfig, DistillConfig, TrainConfig
-from pipeline.continual.loss import cdl_loss
-from pipeline.continual.prompts import MappedPrompts, PromptPool
-from pipeline.continual.student import ContinualStudent
-from pipeline.continual.teacher_prompts import eval_prompt_vectors, prompt_widths
-from pipeline.evaluate import predict, read_labelled
-from pipeline.labels import LabelSpace, build_label_space
-from pipeline.reader import CacheStream, prefetch
-from pipeline.student import build_student
-from pipeline.trainer import (Progress, open_caches, source_label_map, student_source,
+from distill.pipeline.config import ConfigError, ContinualConfig, DistillConfig, TrainConfig
+from distill.pipeline.continual.loss import cdl_loss
+from distill.pipeline.continual.prompts import MappedPrompts, PromptPool
+from distill.pipeline.continual.student import ContinualStudent
+from distill.pipeline.continual.teacher_prompts import eval_prompt_vectors, prompt_widths
+from distill.pipeline.evaluate import predict, read_labelled
+from distill.pipeline.labels import LabelSpace, build_label_space
+from distill.pipeline.reader import CacheStream, prefetch
+from distill.pipeline.student import build_student
+from distill.pipeline.trainer import (Progress, open_caches, source_label_map, student_source,
                               teacher_batch_to)
-from storage.records import CacheError
+from distill.storage.records import CacheError
 
 
 @dataclass

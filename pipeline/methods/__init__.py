@@ -5,13 +5,13 @@ Adding a method: one module with a `Method` subclass that sets `name`, plus its 
 
 from __future__ import annotations
 
-from pipeline.methods.base import Method, MethodOutput, TeacherBatch
-from pipeline.methods.govern import Govern
-from pipeline.methods.max_confidence import MaxConfidence
-from pipeline.methods.mean import Mean
-from pipeline.methods.median import Median
-from pipeline.methods.muka import Muka
-from pipeline.methods.single import SingleTeacher
+from distill.pipeline.methods.base import Method, MethodOutput, TeacherBatch
+from distill.pipeline.methods.govern import Govern
+from distill.pipeline.methods.max_confidence import MaxConfidence
+from distill.pipeline.methods.mean import Mean
+from distill.pipeline.methods.median import Median
+from distill.pipeline.methods.muka import Muka
+from distill.pipeline.methods.single import SingleTeacher
 
 REGISTRY: dict[str, type[Method]] = {method.name: method for method in (
     Mean,

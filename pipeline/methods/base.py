@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipeline.losses import distill_loss
+from distill.pipeline.losses import distill_loss
 
 
 @dataclass

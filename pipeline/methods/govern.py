@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.losses import soft_targets
-from pipeline.methods.base import (Method, MethodOutput, TeacherBatch, is_scores, masked_mean,
+from distill.pipeline.losses import soft_targets
+from distill.pipeline.methods.base import (Method, MethodOutput, TeacherBatch, is_scores, masked_mean,
                                    members, row_weights, teacher_probs, teacher_values)
-from pipeline.methods.median import Median
+from distill.pipeline.methods.median import Median
 
 
 class Govern(Method):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.methods.base import TargetMethod, TeacherBatch, is_scores, teacher_values
+from distill.pipeline.methods.base import TargetMethod, TeacherBatch, is_scores, teacher_values
 
 
 class MaxConfidence(TargetMethod):

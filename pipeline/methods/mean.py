@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.methods.base import (TargetMethod, TeacherBatch, is_scores, masked_mean, members,
+from distill.pipeline.methods.base import (TargetMethod, TeacherBatch, is_scores, masked_mean, members,
                                    renormalise, teacher_values)
 
 

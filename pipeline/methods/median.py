@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.methods.base import (TargetMethod, TeacherBatch, is_scores, masked_median, members,
+from distill.pipeline.methods.base import (TargetMethod, TeacherBatch, is_scores, masked_median, members,
                                    renormalise, teacher_values)
 
 
