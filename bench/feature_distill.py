@@ -62,7 +62,7 @@ def bytes_per_row(cache_root: Path, summaries: list[dict]) -> tuple[float, float
     total = without = rows = 0
     for s in summaries:
         for entry in cache.load_manifest(s["teacher_id"]).shards:
-            table = cache.read_shard(s["teacher_id"], entry.index)
+            table = cache.read_shard(s["teacher_id"], entry)
             total += entry.bytes
             without += entry.bytes - table.column("features").nbytes
             rows += table.num_rows

@@ -27,10 +27,16 @@ def _quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
     os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' save/load bars
     # Prefect's embedded server gives up after 20 s, which a loaded 2-core machine can exceed.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose else "warning")
+    if not verbose:
+        # A failing flow or task run logs its traceback; the command prints the error itself
+        # as one line (with -v the traceback stays, and the Prefect UI keeps it either way).
+        for logger in ("FLOW_RUNS", "TASK_RUNS"):
+            os.environ.setdefault(f"PREFECT_LOGGING_LOGGERS_PREFECT_{logger}_LEVEL", "CRITICAL")
 
 
 def _fail(message: str) -> None:
@@ -166,7 +172,6 @@ def calibrate(config: Path = typer.Argument(..., help="the YAML config; its `eva
 def inspect(cache: str = typer.Argument(..., help="cache location: a path or fsspec URL"),
             teacher: Optional[list[str]] = typer.Option(None, "--teacher", "-t",
                                                          help="only this teacher (repeatable)"),
-            verify: bool = typer.Option(False, help="also check every shard's checksum"),
             plots: Optional[Path] = typer.Option(None, help="write the PNG plots into this folder"),
             html: Optional[Path] = typer.Option(None, help="write one self-contained HTML report"),
             labels: Optional[str] = typer.Option(None, help="a labelled .jsonl/.csv/.tsv/.parquet "
@@ -177,7 +182,9 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
             sql: Optional[str] = typer.Option(None, help="run this SQL (DuckDB) over the cache "
                                               "instead; views: texts and one per teacher"),
             as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
-    """What is in a cache: coverage, confidence, labels, agreement, disagreement, plots, SQL."""
+    """What is in a cache: coverage, confidence, labels, agreement, disagreement, plots, SQL.
+
+    Every shard it reads is checked against its recorded sha256: "complete" means verified."""
     from distill.flows.tables import print_report
     from distill.storage.cache import Cache
     from distill.storage.inspect import inspect_cache
@@ -192,7 +199,7 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
             _print_sql(location, sql, teacher, as_json)
             return
         gold = read_labels(labels, label_column, text_column) if labels else None
-        report = inspect_cache(location, teacher, verify=verify, labels=gold, examples=examples)
+        report = inspect_cache(location, teacher, labels=gold, examples=examples)
     except CacheError as e:
         _fail(str(e))
     except PermissionError as e:

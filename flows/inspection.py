@@ -11,10 +11,10 @@ from distill.storage.inspect import inspect_cache as inspect_report
 
 
 @flow(name="inspect-cache")
-def inspect_cache(cache: str, teachers: list[str] | None = None, verify: bool = False) -> dict:
+def inspect_cache(cache: str, teachers: list[str] | None = None) -> dict:
     """Inspect the cache at `cache` (path or fsspec URL) and publish the report as a markdown
     artifact; returns the report (the JSON of `distill inspect --json`)."""
     location = Cache(cache)
-    report = inspect_report(location, teachers, verify=verify)
+    report = inspect_report(location, teachers)
     publish_report(location, report)
     return report

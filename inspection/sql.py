@@ -23,7 +23,7 @@ import pyarrow as pa
 from distill.storage.cache import Cache
 from distill.storage.columns import to_matrix
 from distill.storage.inspect import class_names, confidence, probabilities, select_manifests
-from distill.storage.records import TeacherManifest
+from distill.storage.records import ShardEntry, TeacherManifest
 
 LEFT_OUT = ("features",)
 
@@ -53,8 +53,8 @@ def connect(cache: Cache, teachers: list[str] | None = None) -> duckdb.DuckDBPyC
                                              ("row", pa.int64()), ("sample_id", pa.int64()),
                                              ("text", pa.string())])))
     for view, manifests in _views(select_manifests(cache, teachers)).items():
-        tables = [_teacher_table(cache, m, plans[m.plan_id], i)
-                  for m in manifests for i, entry in sorted(cache.published_shards(m.teacher_id).items())
+        tables = [_teacher_table(cache, m, plans[m.plan_id], entry)
+                  for m in manifests for _, entry in sorted(cache.published_shards(m.teacher_id).items())
                   if not cache.shard_problem(m.teacher_id, entry, checksum=False)]
         con.register(view, _concat(tables, None))
     return con
@@ -97,8 +97,9 @@ def _keys(plan_id: str, index: int, rows, ids) -> pa.Table:
                      "shard": pa.array(np.full(n, index, np.int32)), "row": rows, "sample_id": ids})
 
 
-def _teacher_table(cache: Cache, m: TeacherManifest, plan, index: int) -> pa.Table:
-    shard = cache.read_shard(m.teacher_id, index)
+def _teacher_table(cache: Cache, m: TeacherManifest, plan, entry: ShardEntry) -> pa.Table:
+    index = entry.index
+    shard = cache.read_shard(m.teacher_id, entry)
     table = _keys(m.plan_id, index, cache.read_text_shard(plan, index).column("row"),
                   shard.column("sample_id"))
     for name in shard.column_names:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from distill.storage.cache import Cache
-from distill.storage.records import CacheError, Plan, TeacherManifest
+from distill.storage.records import CacheError, DamagedShard, Plan, TeacherManifest
 
 
 @dataclass
@@ -26,9 +26,12 @@ class AlignedShard:
 class AlignedCache:
     """The plan and the complete caches of the given teachers (by name or teacher id)."""
 
-    def __init__(self, cache: Cache, teachers: list[str], verify: bool = False,
-                 plan_ids: set[str] | None = None):
-        """`plan_ids` limits the search to caches built on those plans (one corpus)."""
+    def __init__(self, cache: Cache, teachers: list[str], plan_ids: set[str] | None = None):
+        """`plan_ids` limits the search to caches built on those plans (one corpus).
+
+        Opening checks that every shard is there with its recorded size; each shard's sha256
+        is checked as it is read (`read`), so no byte is trusted that was not verified and no
+        file is read twice."""
         self.cache = cache
         self.manifests = [self._find(cache, t, plan_ids) for t in teachers]
         plans = {m.plan_id for m in self.manifests}
@@ -38,7 +41,7 @@ class AlignedCache:
                              "cache every teacher over the same corpus and rows_per_shard")
         self.plan: Plan = cache.load_plan(plans.pop())
         for m in self.manifests:
-            self._check_complete(m, verify)
+            self._check_complete(m)
 
     @staticmethod
     def _find(cache: Cache, key: str, plan_ids: set[str] | None) -> TeacherManifest:
@@ -55,14 +58,14 @@ class AlignedCache:
                              "name the teacher id instead")
         return (complete or found)[0]
 
-    def _check_complete(self, m: TeacherManifest, verify: bool) -> None:
+    def _check_complete(self, m: TeacherManifest) -> None:
         if not m.complete or len(m.shards) != len(self.plan.shards):
             have = {s.index for s in self.cache.published_shards(m.teacher_id).values()}
             missing = [i for i in range(len(self.plan.shards)) if i not in have]
             raise CacheError(f"teacher cache '{m.name}' ({m.teacher_id}) is incomplete: shards "
                              f"{missing[:10]} missing; run `distill cache` to finish it")
         for entry in m.shards:
-            problem = self.cache.shard_problem(m.teacher_id, entry, checksum=verify)
+            problem = self.cache.shard_problem(m.teacher_id, entry, checksum=False)
             if problem:
                 raise CacheError(f"teacher cache '{m.name}': {problem}; run `distill cache` "
                                  "to recompute it")
@@ -88,10 +91,17 @@ class AlignedCache:
         ids = text.column("sample_id")
         tables = []
         for m in self.manifests:
-            table = self.cache.read_shard(m.teacher_id, index)
+            table = self._read_teacher(m, index)
             if not table.column("sample_id").equals(ids):
                 raise CacheError(f"teacher cache '{m.name}' shard {index}: sample ids differ from "
                                  f"plan {self.plan.plan_id}; recompute it with `distill cache`")
             tables.append(table.select(columns) if columns else table)
         return AlignedShard(index, text, tables)
+
+    def _read_teacher(self, m: TeacherManifest, index: int) -> pa.Table:
+        try:
+            return self.cache.read_shard(m.teacher_id, m.shards[index])
+        except DamagedShard as e:
+            raise e.of(f"shard {index} of teacher '{m.name}' ({m.teacher_id}); nothing was "
+                       "trained on it. `distill cache CONFIG` recomputes it") from e
 

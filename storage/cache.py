@@ -14,8 +14,9 @@ import os
 
 import pyarrow as pa
 
-from distill.storage.fs import join, publish_bytes, remove_stale_temps, resolve, sha256_file
-from distill.storage.records import CacheError, Plan, ShardEntry, TeacherManifest
+from distill.storage.fs import (is_local, join, publish_bytes, remove_stale_temps, resolve,
+                                sha256_file)
+from distill.storage.records import CacheError, DamagedShard, Plan, ShardEntry, TeacherManifest
 from distill.storage.shards import read_table, write_table
 
 
@@ -40,9 +41,18 @@ class Cache:
         """The record at `path`, or None. One request, not exists-then-read: on an object
         store every call is a round trip, and the file may appear or vanish in between."""
         try:
-            return record.from_json(self.fs.cat_file(path), path)
+            return record.from_json(self.fs.cat_file(self.inside(path)), path)
         except FileNotFoundError:
             return None
+
+    def _named(self, found, key: str, value: str, path: str):
+        """`found` (or None), after checking that the record is the one its folder names:
+        readers build every further path from the record's own ids."""
+        if found is not None and getattr(found, key) != value:
+            raise CacheError(f"{path} records {key} {getattr(found, key)} but lies in folder "
+                             f"{value}; it was moved or edited by hand: delete the folder and "
+                             "re-run `distill cache CONFIG`")
+        return found
 
     def _ids_with(self, folder: str, marker: str) -> list[str]:
         """Names of the sub-folders of `folder` that hold `marker` (i.e. that are finished)."""
@@ -53,7 +63,8 @@ class Cache:
         return sorted(os.path.basename(p) for p in children if self.fs.exists(join(p, marker)))
 
     def find_plan(self, plan_id: str) -> Plan | None:
-        return self._read(join(self.plan_dir(plan_id), "plan.json"), Plan)
+        path = join(self.plan_dir(plan_id), "plan.json")
+        return self._named(self._read(path, Plan), "plan_id", plan_id, path)
 
     def load_plan(self, plan_id: str) -> Plan:
         plan = self.find_plan(plan_id)
@@ -66,7 +77,28 @@ class Cache:
         return self._ids_with("corpora", "plan.json")
 
     def read_text_shard(self, plan: Plan, index: int) -> pa.Table:
-        return read_table(self.fs, join(self.plan_dir(plan.plan_id), plan.shards[index].file))
+        """Plan shard `index`, verified against the sha256 the plan recorded."""
+        entry = plan.shards[index]
+        try:
+            return self._read_verified(self.plan_dir(plan.plan_id), entry)
+        except DamagedShard as e:
+            raise e.of(f"a text shard of corpus plan {plan.plan_id}; `distill cache CONFIG` "
+                       "rewrites it") from e
+
+    def inside(self, path: str) -> str:
+        """`path`, after checking that it is a plain file name under the cache root: names
+        come from JSON files anyone can edit, so a link (or a name that resolved outside the
+        root) is refused rather than followed, and nothing outside the root is ever opened."""
+        if is_local(self.fs) and os.path.lexists(path):
+            real, root = os.path.realpath(path), os.path.realpath(self.root)
+            if os.path.islink(path) or not real.startswith(root + os.sep):
+                raise CacheError(f"{path} is a link or lies outside the cache root {self.root}; "
+                                 "a cache holds plain files only: remove it and re-run "
+                                 "`distill cache CONFIG`")
+        return path
+
+    def _read_verified(self, folder: str, entry: ShardEntry) -> pa.Table:
+        return read_table(self.fs, self.inside(join(folder, entry.file)), sha256=entry.sha256)
 
     # ---- teachers ----------------------------------------------------------------------
 
@@ -77,7 +109,8 @@ class Cache:
         return self._ids_with("teachers", "manifest.json")
 
     def find_manifest(self, teacher_id: str) -> TeacherManifest | None:
-        return self._read(join(self.teacher_dir(teacher_id), "manifest.json"), TeacherManifest)
+        path = join(self.teacher_dir(teacher_id), "manifest.json")
+        return self._named(self._read(path, TeacherManifest), "teacher_id", teacher_id, path)
 
     def load_manifest(self, teacher_id: str) -> TeacherManifest:
         manifest = self.find_manifest(teacher_id)
@@ -107,7 +140,11 @@ class Cache:
 
     def shard_problem(self, teacher_id: str, entry: ShardEntry, checksum: bool = True) -> str | None:
         """Why a published shard cannot be trusted (missing, truncated, corrupt), or None."""
-        path = join(self.teacher_dir(teacher_id), entry.file)
+        return self.file_problem(self.teacher_dir(teacher_id), entry, checksum)
+
+    def file_problem(self, folder: str, entry: ShardEntry, checksum: bool = True) -> str | None:
+        """Why the file of `entry` in `folder` does not hold what the entry records, or None."""
+        path = self.inside(join(folder, entry.file))
         try:
             size = self.fs.size(path)
         except FileNotFoundError:
@@ -128,8 +165,20 @@ class Cache:
         publish_bytes(self.fs, join(folder, f"shard-{index:05d}.json"), entry.to_json())
         return entry
 
-    def read_shard(self, teacher_id: str, index: int) -> pa.Table:
-        return read_table(self.fs, join(self.teacher_dir(teacher_id), shard_file(index)))
+    def read_shard(self, teacher_id: str, shard: ShardEntry | int) -> pa.Table:
+        """A teacher shard (its entry, or its index: then its published entry is looked up),
+        verified against the recorded sha256 as it is read (`DamagedShard` if it does not
+        match): there is no unverified way to read a shard."""
+        entry = shard if isinstance(shard, ShardEntry) else self.shard_entry(teacher_id, shard)
+        return self._read_verified(self.teacher_dir(teacher_id), entry)
+
+    def shard_entry(self, teacher_id: str, index: int) -> ShardEntry:
+        path = join(self.teacher_dir(teacher_id), f"shard-{index:05d}.json")
+        entry = self._read(path, ShardEntry)
+        if entry is None:
+            raise CacheError(f"{path} does not exist: shard {index} of teacher cache {teacher_id} "
+                             "was never published. Run `distill cache CONFIG`.")
+        return self._named(entry, "index", index, path)
 
     def finalize(self, teacher_id: str, plan: Plan) -> TeacherManifest:
         """Write the full shard list into the manifest once every plan shard is published."""

@@ -18,7 +18,7 @@ import pyarrow as pa
 from distill.storage.cache import Cache
 from distill.storage.columns import to_matrix
 from distill.storage.lm_tokens import TokenStats, is_lm_cache
-from distill.storage.records import CacheError, Plan, TeacherManifest
+from distill.storage.records import CacheError, DamagedShard, Plan, TeacherManifest
 from distill.storage.summaries import Histogram, Reliability
 
 EXAMPLES = 10
@@ -69,17 +69,20 @@ def select_manifests(cache: Cache, teachers: list[str] | None = None) -> list[Te
     return [m for m in manifests if m.name in teachers or m.teacher_id in teachers]
 
 
-def inspect_cache(cache: Cache, teachers: list[str] | None = None, verify: bool = False,
+def inspect_cache(cache: Cache, teachers: list[str] | None = None,
                   labels: dict[int, object] | None = None, examples: int = EXAMPLES) -> dict:
     """A JSON-ready report: plans; per teacher coverage, confidence histograms, predicted
     labels, MC-dropout and per-token (causal LM) statistics, accuracy and calibration when
     `labels` ({sample_id: label}) are given; pairwise argmax agreement and the texts the
-    teachers of one plan and label set disagree on most."""
+    teachers of one plan and label set disagree on most.
+
+    Every shard is read, and so verified against its recorded sha256 (`Cache.read_shard`):
+    a teacher is `complete` only when all of its shards are there and matched."""
     manifests = select_manifests(cache, teachers)
     plans = {pid: cache.load_plan(pid)
              for pid in sorted({m.plan_id for m in manifests} | set(cache.plan_ids()))}
     repeated = {n for n, count in Counter(m.name for m in manifests).items() if count > 1}
-    stats = [_TeacherStats(cache, m, plans[m.plan_id], verify, labels,
+    stats = [_TeacherStats(cache, m, plans[m.plan_id], labels,
                            f"{m.name} ({m.plan_id[:8]})" if m.name in repeated else m.name)
              for m in manifests]
     comparisons = []
@@ -87,8 +90,8 @@ def inspect_cache(cache: Cache, teachers: list[str] | None = None, verify: bool 
         comparison = _PlanComparison(cache, plan, [s for s in stats if s.m.plan_id == plan.plan_id],
                                      labels, examples)
         for index in range(len(plan.shards)):
-            probs = {s: s.add(cache.read_shard(s.m.teacher_id, index))
-                     for s in comparison.teachers if s.readable(index)}
+            probs = {s: s.add(table) for s in comparison.teachers
+                     if (table := s.read(index)) is not None}
             comparison.add(index, probs)
         comparisons.append(comparison)
     report = {"cache": cache.location,
@@ -106,12 +109,12 @@ def inspect_cache(cache: Cache, teachers: list[str] | None = None, verify: bool 
 class _TeacherStats:
     """Everything the report says about one teacher cache, added up shard by shard."""
 
-    def __init__(self, cache: Cache, m: TeacherManifest, plan: Plan, verify: bool,
+    def __init__(self, cache: Cache, m: TeacherManifest, plan: Plan,
                  labels: dict[int, object] | None, title: str):
-        self.m, self.plan, self.title, self.labels = m, plan, title, labels
+        self.cache, self.m, self.plan, self.title, self.labels = cache, m, plan, title, labels
         self.entries = cache.published_shards(m.teacher_id)
         self.problems = {i: p for i, e in self.entries.items()
-                         if (p := cache.shard_problem(m.teacher_id, e, verify))}
+                         if (p := cache.shard_problem(m.teacher_id, e, checksum=False))}
         self.lm = is_lm_cache(m.columns)
         self.scores = m.settings.get("num_labels") == 1
         self.class_names = class_names(m)
@@ -122,8 +125,16 @@ class _TeacherStats:
         self.label_ids = np.fromiter(labels or (), np.int64, len(labels or ()))
         self.unknown_labels = 0
 
-    def readable(self, index: int) -> bool:
-        return index in self.entries and index not in self.problems
+    def read(self, index: int) -> pa.Table | None:
+        """Shard `index`, verified as it is read; None (and a problem noted) if it is missing
+        or damaged."""
+        if index not in self.entries or index in self.problems:
+            return None
+        try:
+            return self.cache.read_shard(self.m.teacher_id, self.entries[index])
+        except DamagedShard as e:
+            self.problems[index] = str(e)
+            return None
 
     def add(self, table: pa.Table) -> np.ndarray | None:
         """Add one shard; return its class probabilities [rows, C] (NaN rows where the teacher

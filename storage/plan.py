@@ -18,7 +18,7 @@ import pyarrow as pa
 from distill.storage import FORMAT_VERSION
 from distill.storage.fs import join, publish_bytes
 from distill.storage.ids import sample_id
-from distill.storage.records import Plan, ShardEntry, SkippedRows
+from distill.storage.records import CacheError, Plan, ShardEntry, SkippedRows
 from distill.storage.shards import write_table
 
 TEXT_SCHEMA = pa.schema([("sample_id", pa.int64()), ("row", pa.int64()), ("text", pa.string())])
@@ -63,12 +63,12 @@ def build_plan(cache, rows: Iterable[tuple[int, object]], *, source: str, text_c
         plan_id = hashlib.sha256(plan_key.encode()).hexdigest()[:16]
         existing = cache.find_plan(plan_id)
         if existing is not None:
+            _repair_text_shards(cache, existing, local.files)
             return existing
         folder = cache.plan_dir(plan_id)
         shards = []
         for index, (path, first_row) in enumerate(local.files):
-            table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
-            written = write_table(cache.fs, join(folder, text_file(index)), table)
+            written = _publish_text_shard(cache, folder, index, path)
             shards.append(ShardEntry(index=index, file=text_file(index), rows=written.rows,
                                      bytes=written.bytes, sha256=written.sha256,
                                      first_row=first_row))
@@ -77,6 +77,25 @@ def build_plan(cache, rows: Iterable[tuple[int, object]], *, source: str, text_c
                 rows_per_shard=rows_per_shard, rows=local.rows, skipped=skipped, shards=shards)
     publish_bytes(cache.fs, join(folder, "plan.json"), plan.to_json())  # last: marks it done
     return plan
+
+
+def _publish_text_shard(cache, folder: str, index: int, staged: Path):
+    table = pa.ipc.open_stream(pa.memory_map(str(staged))).read_all()
+    return write_table(cache.fs, join(folder, text_file(index)), table)
+
+
+def _repair_text_shards(cache, plan: Plan, staged: list[tuple[Path, int]]) -> None:
+    """Rewrite the text shards of a stored plan that are missing or damaged, from the rows just
+    read (the same content: the plan id is its fingerprint, and the writer is deterministic)."""
+    folder = cache.plan_dir(plan.plan_id)
+    for entry, (path, _) in zip(plan.shards, staged):
+        if cache.file_problem(folder, entry) is None:
+            continue
+        written = _publish_text_shard(cache, folder, entry.index, path)
+        if written.sha256 != entry.sha256:
+            raise CacheError(f"{join(folder, entry.file)}: rewritten from the corpus, it does not "
+                             f"match the sha256 in plan.json; delete {folder} and re-run "
+                             "`distill cache CONFIG`")
 
 
 def _skip_reason(value: object) -> str | None:

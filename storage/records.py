@@ -7,9 +7,14 @@ field, not with a KeyError deep in a reader.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# Names read from these records become paths under the cache root, so they are plain names:
+# no separators, no `..`, nothing absolute (a hand-edited manifest cannot point outside).
+FileName = Annotated[str, Field(pattern=r"^(shard|text)-\d{5}\.arrow$")]
+Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 
 
 class Record(BaseModel):
@@ -31,11 +36,26 @@ class CacheError(RuntimeError):
     """Anything wrong with a cache; the message names the file and what to do."""
 
 
+class DamagedShard(CacheError):
+    """A shard file whose bytes are not the ones its entry recorded; `path` names it.
+
+    Readers that know whose shard it is (a teacher, a plan) re-raise it with that name and the
+    fix, so the message a user sees says which cache to rebuild."""
+
+    def __init__(self, path: str, problem: str, whose: str = ""):
+        super().__init__(f"{path} {problem} (damaged){': ' + whose if whose else ''}")
+        self.path, self.problem = path, problem
+
+    def of(self, whose: str) -> "DamagedShard":
+        """The same damage, said with whose shard it is and how to repair it."""
+        return DamagedShard(self.path, self.problem, whose)
+
+
 class ShardEntry(Record):
     """One published shard. For teachers, `truncated`/`nonfinite` count rows of note."""
 
     index: int
-    file: str
+    file: FileName
     rows: int
     bytes: int
     sha256: str
@@ -59,7 +79,7 @@ class SkippedRows(Record):
 class Plan(Record):
     """Fixed shard boundaries and row order over one corpus; every teacher follows it."""
 
-    plan_id: str
+    plan_id: Id
     format_version: int
     source: str
     text_column: str
@@ -77,9 +97,9 @@ class TeacherManifest(Record):
     shards are the `shard-NNNNN.json` entries next to their `.arrow` files.
     """
 
-    teacher_id: str
+    teacher_id: Id
     name: str
-    plan_id: str
+    plan_id: Id
     format_version: int
     code_version: str
     fingerprint: dict[str, str]

@@ -12,12 +12,14 @@ may ask for zstd; every reader above decompresses transparently.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import pyarrow as pa
 from fsspec import AbstractFileSystem
 
 from distill.storage.fs import is_local, sha256_local, staged_file
+from distill.storage.records import DamagedShard
 
 # One record batch per this many rows: big enough that per-batch metadata is noise in the
 # file size, small enough that readers can stream a shard.
@@ -44,10 +46,19 @@ def write_table(fs: AbstractFileSystem, dest: str, table: pa.Table,
     return written
 
 
-def read_table(fs: AbstractFileSystem, path: str) -> pa.Table:
+def read_table(fs: AbstractFileSystem, path: str, sha256: str | None = None) -> pa.Table:
     """Read a shard: memory-mapped locally (zero copy); from an object store with one GET of
     the whole object, so readers stream a remote cache shard by shard and never download more
-    than the shards they are using."""
-    source = pa.memory_map(path, "r") if is_local(fs) else pa.BufferReader(fs.cat_file(path))
-    with pa.ipc.open_stream(source) as reader:
-        return reader.read_all()
+    than the shards they are using.
+
+    With `sha256` (the digest its entry recorded) the bytes are hashed on the way in, in the
+    same pass that brings them into memory, and a shard that does not match, or is not an
+    Arrow stream at all, is refused before anyone sees a row of it (`DamagedShard`)."""
+    data = pa.memory_map(path, "r").read_buffer() if is_local(fs) else pa.py_buffer(fs.cat_file(path))
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise DamagedShard(path, "does not match its recorded sha256")
+    try:
+        with pa.ipc.open_stream(data) as reader:
+            return reader.read_all()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DamagedShard(path, f"is not a readable Arrow stream ({e})") from e

@@ -1,0 +1,145 @@
+"""Integrity on every read: a damaged shard is refused with its name and the fix before any
+step uses it, and no name read from a cache's JSON files opens anything outside its root."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import tiny
+from distill.flows.caching import cache_teachers
+from distill.flows.cli import app
+from distill.storage.aligned import AlignedCache
+from distill.storage.cache import Cache
+from distill.storage.inspect import inspect_cache
+from distill.storage.records import CacheError, DamagedShard
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("prefect")
+
+
+@pytest.fixture
+def trained_config(project) -> Path:
+    tiny.write_jsonl(project.corpus, [{"text": t} for t in tiny.sentences(60, seed=6)])
+    config = project.config(corpus={"path": "corpus.jsonl", "rows_per_shard": 20},
+                            student={"from_teacher": "a", "layers": 1, "max_length": 16},
+                            train={"epochs": 1, "batch_size": 16, "lr": 1e-3, "output": "run"})
+    cache_teachers(str(config))
+    return config
+
+
+def _flip(path: Path, at: int, count: int = 8) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(at, at + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _teacher(project, name: str):
+    cache = Cache(project.cache)
+    (m,) = [m for m in cache.manifests() if m.name == name]
+    return cache, m
+
+
+@pytest.mark.parametrize("where", ["middle", "header"])
+def test_train_refuses_a_damaged_teacher_shard_naming_it_and_the_fix(project, trained_config, where):
+    cache, m = _teacher(project, "b")
+    shard = Path(cache.teacher_dir(m.teacher_id)) / m.shards[1].file
+    size = shard.stat().st_size
+    _flip(shard, size // 2 if where == "middle" else 4)
+    assert shard.stat().st_size == size  # sizes alone cannot see it
+    result = runner.invoke(app, ["train", str(trained_config)])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert "teacher 'b'" in out and m.shards[1].file in out and "distill cache CONFIG" in out
+    assert "Traceback" not in result.output
+    assert not (project.root / "run" / "student").exists()
+    # the fix the message names works: the damaged shard is recomputed, training then passes
+    summaries = cache_teachers(str(trained_config))
+    assert {s["teacher"]: s["recomputed"] for s in summaries} == {"a": 0, "b": 1}
+    assert runner.invoke(app, ["train", str(trained_config)]).exit_code == 0
+
+
+def test_no_shard_bytes_reach_a_reader_unverified(project, trained_config):
+    cache, m = _teacher(project, "a")
+    _flip(Path(cache.teacher_dir(m.teacher_id)) / m.shards[0].file, 200)
+    with pytest.raises(DamagedShard, match="does not match its recorded sha256"):
+        cache.read_shard(m.teacher_id, 0)
+    aligned = AlignedCache(cache, ["a", "b"])  # opening checks sizes only: it is not refused...
+    with pytest.raises(DamagedShard, match=r"shard 0 of teacher 'a'.*nothing was trained on it"):
+        aligned.read(0)  # ...but its bytes never get past the read
+    assert aligned.read(1).teachers[0].num_rows == 20
+
+
+def test_a_damaged_text_shard_is_refused_then_repaired_by_cache(project, trained_config):
+    cache = Cache(project.cache)
+    plan = cache.load_plan(cache.plan_ids()[0])
+    text = Path(cache.plan_dir(plan.plan_id)) / plan.shards[2].file
+    original = text.read_bytes()
+    _flip(text, len(original) - 40)
+    result = runner.invoke(app, ["train", str(trained_config)])
+    assert result.exit_code == 2 and "text shard of corpus plan" in " ".join(result.output.split())
+    cache_teachers(str(trained_config))
+    assert text.read_bytes() == original
+
+
+def test_inspect_calls_a_damaged_cache_incomplete(project, trained_config):
+    cache, m = _teacher(project, "b")
+    _flip(Path(cache.teacher_dir(m.teacher_id)) / m.shards[0].file, 300)
+    report = inspect_cache(cache)
+    by_name = {t["name"]: t for t in report["teachers"]}
+    assert by_name["a"]["complete"] and not by_name["b"]["complete"]
+    assert any(m.shards[0].file in p and "sha256" in p for p in by_name["b"]["problems"])
+    assert by_name["b"]["rows"] == 60 and sum(by_name["b"]["predicted"].values()) == 40
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("name", ["../../../outside.arrow", "/etc/passwd", "shard-00001.arrow/.."])
+def test_a_shard_name_that_leaves_the_cache_is_refused(project, trained_config, tmp_path, name):
+    outside = project.root / "outside.arrow"
+    outside.write_bytes(b"secret")
+    cache, m = _teacher(project, "a")
+    entry = Path(cache.teacher_dir(m.teacher_id)) / "shard-00001.json"
+    _edit_json(entry, file=name)
+    with pytest.raises(CacheError, match="not a valid ShardEntry"):
+        cache.published_shards(m.teacher_id)
+    result = runner.invoke(app, ["inspect", str(project.cache)])
+    assert result.exit_code == 2 and "shard-00001.json" in result.output
+    assert outside.read_bytes() == b"secret"
+
+
+def test_a_plan_id_that_leaves_the_cache_is_refused(project, trained_config):
+    cache, m = _teacher(project, "a")
+    _edit_json(Path(cache.teacher_dir(m.teacher_id)) / "manifest.json", plan_id="../../x")
+    with pytest.raises(CacheError, match="not a valid TeacherManifest"):
+        cache.load_manifest(m.teacher_id)
+
+
+def test_a_symlinked_shard_is_refused_not_followed(project, trained_config):
+    cache, m = _teacher(project, "a")
+    shard = Path(cache.teacher_dir(m.teacher_id)) / m.shards[0].file
+    elsewhere = project.root / "elsewhere.arrow"
+    shard.rename(elsewhere)
+    os.symlink(elsewhere, shard)
+    with pytest.raises(CacheError, match="is a link or lies outside the cache root"):
+        cache.read_shard(m.teacher_id, m.shards[0])
+    result = runner.invoke(app, ["train", str(trained_config)])
+    assert result.exit_code == 2 and "is a link" in " ".join(result.output.split())
+
+
+def test_a_manifest_moved_to_another_folder_is_refused(project, trained_config):
+    cache, m = _teacher(project, "a")
+    moved = Path(cache.teacher_dir("0123456789abcdef"))
+    moved.mkdir()
+    (moved / "manifest.json").write_bytes((Path(cache.teacher_dir(m.teacher_id)) / "manifest.json").read_bytes())
+    with pytest.raises(CacheError, match="lies in folder 0123456789abcdef"):
+        cache.manifests()
