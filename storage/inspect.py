@@ -62,10 +62,10 @@ def class_names(m: TeacherManifest) -> list[str]:
 class NamedCache:
     """A teacher cache with the names the report and the SQL views give it.
 
-    Per teacher name and plan, one cache is *current*: the one the config given to inspect
-    uses, else the newest complete one. Its SQL view is the teacher's name (one view over every
-    plan, e.g. a pool and an eval set); every other cache of that name (older weights or
-    settings) gets `name@<teacher-id prefix>`. `title`, the report's label and JSON key, is the
+    The *current* caches of a teacher name are those the config given to inspect uses (over
+    its corpus and eval set), else per plan the newest complete one. Their SQL view is the
+    teacher's name (one view over every plan, e.g. a pool and an eval set); every other cache
+    of that name (older weights, settings or corpus) gets `name@<teacher-id prefix>`. `title`, the report's label and JSON key, is the
     view name where that view holds only this cache, else `name@<prefix>`: never shared."""
 
     m: TeacherManifest
@@ -102,17 +102,19 @@ def name_caches(cache: Cache, teachers: list[str] | None = None,
 
 
 def _current(cache: Cache, manifests: list[TeacherManifest], used: set[str]) -> set[str]:
-    """Per (name, plan), the teacher id of the cache in `used`, else of the newest complete one
-    (by when its manifest was last written: `finalize` rewrites it), else of the newest."""
+    """The teacher ids of the current caches: of a name the config uses (`used`), exactly the
+    caches it uses; of any other name, per plan, the newest complete cache (by when its
+    manifest was last written: `finalize` rewrites it), else the newest."""
+    current = {m.teacher_id for m in manifests if m.teacher_id in used}
+    chosen_names = {m.name for m in manifests if m.teacher_id in current}
     groups: dict[tuple[str, str], list[TeacherManifest]] = {}
     for m in manifests:
-        groups.setdefault((m.name, m.plan_id), []).append(m)
-    current = set()
+        if m.name not in chosen_names:
+            groups.setdefault((m.name, m.plan_id), []).append(m)
     for group in groups.values():
-        chosen = [m for m in group if m.teacher_id in used] or group
-        if len(chosen) > 1:
-            chosen = [max(chosen, key=lambda m: (m.complete, _written(cache, m)))]
-        current.add(chosen[0].teacher_id)
+        newest = group[0] if len(group) == 1 else max(
+            group, key=lambda m: (m.complete, _written(cache, m)))
+        current.add(newest.teacher_id)
     return current
 
 
