@@ -191,7 +191,7 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
     try:
         if not location.fs.exists(location.root):
             _fail(f"{cache} does not exist")
-        used = _used_by(config, cache) if config else None
+        used = _used_by(config, location) if config else None
         if sql is not None:
             _print_sql(location, sql, teacher, used, as_json)
             return
@@ -210,20 +210,24 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
     print_report(report, console)
 
 
-def _used_by(config: Path, cache: str) -> set[str]:
-    """The teacher ids `config` uses (torch-free: ids come from files and settings), refusing a
-    config of another cache, whose ids would silently match nothing here."""
+def _used_by(config: Path, cache) -> set[str]:
+    """The ids `config`'s teachers have over the plans in `cache` (from files and settings:
+    no model is loaded, no corpus read), refusing a config of another cache, whose ids would
+    silently match nothing here."""
     from distill.pipeline.config import ConfigError, load_config
-    from distill.pipeline.gc import cache_root, used_caches
+    from distill.pipeline.gc import cache_root, config_teacher_ids
 
     try:
         loaded = load_config(config)
-        if cache_root(loaded.cache) != cache_root(cache):
-            raise ConfigError(f"{config}: its cache is {loaded.cache}, not {cache}; give a config "
-                              "of the cache you inspect")
-        return set(used_caches(loaded).teacher_ids)
+        if cache_root(loaded.cache) != cache_root(cache.location):
+            raise ConfigError(f"{config}: its cache is {loaded.cache}, not {cache.location}; give "
+                              "a config of the cache you inspect")
+        return config_teacher_ids(loaded, cache.plan_ids())
     except ConfigError as e:
         _fail(str(e))
+    except ImportError as e:  # a hub model id needs huggingface_hub, which the base install lacks
+        _fail(f"{config}: cannot find its teachers' files ({e}); pip install 'distill[ml]', or "
+              "leave out --config to take the newest complete cache of each teacher")
 
 
 def _print_sql(cache, query: str, teachers: list[str] | None, used: set[str] | None,

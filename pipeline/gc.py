@@ -40,17 +40,32 @@ class Unused:
 
 
 def used_caches(config: DistillConfig) -> UsedCaches:
-    """The plans and teacher caches that caching, training and calibrating `config` read."""
-    corpora = [config.for_task(t.name) for t in config.tasks] if config.tasks else [config]
-    if config.eval:
-        corpora.append(eval_corpus_config(config))
+    """The plans and teacher caches that caching, training and calibrating `config` read (one
+    pass over each of its corpora: which plan a corpus has depends on its text)."""
     plans, teachers = set(), set()
-    for corpus in corpora:
+    for corpus in _corpora(config):
         plan_id = corpus_plan_id(corpus.corpus)
         plans.add(plan_id)
-        teachers |= {identify(t, plan_id, f"{config.source}: teachers[{t.name}].model").teacher_id
-                     for t in corpus.teachers}
+        teachers |= _teacher_ids(corpus, plan_id)
     return UsedCaches(frozenset(plans), frozenset(teachers))
+
+
+def config_teacher_ids(config: DistillConfig, plan_ids: list[str]) -> set[str]:
+    """The ids the config's teachers, with their current files and settings, have over any of
+    `plan_ids`: which caches are this config's, without reading its corpora (and so without
+    `datasets`), for `distill inspect --config`."""
+    return {i for corpus in _corpora(config) for p in plan_ids for i in _teacher_ids(corpus, p)}
+
+
+def _corpora(config: DistillConfig) -> list[DistillConfig]:
+    """One config per corpus `config` reads: its corpus or each task's, and its `eval` file."""
+    corpora = [config.for_task(t.name) for t in config.tasks] if config.tasks else [config]
+    return corpora + ([eval_corpus_config(config)] if config.eval else [])
+
+
+def _teacher_ids(corpus: DistillConfig, plan_id: str) -> set[str]:
+    return {identify(t, plan_id, f"{corpus.source}: teachers[{t.name}].model").teacher_id
+            for t in corpus.teachers}
 
 
 def cache_root(location: str) -> tuple[type, str]:
