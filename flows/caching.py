@@ -21,8 +21,8 @@ from distill.flows.handoff import announce_if_complete, announce_teacher
 from distill.flows.progress import reporter
 from distill.flows.runners import check_installed, cluster_scope, shard_runner
 from distill.pipeline.caching import NonFiniteOutput, TeacherCache, release_runner, teacher_cache
-from distill.pipeline.calibration import eval_corpus_config, held_out_teachers
-from distill.pipeline.config import ConfigError, DistillConfig, load_config
+from distill.pipeline.calibration import held_out_teachers
+from distill.pipeline.config import ConfigError, DistillConfig, eval_corpus_config, load_config
 from distill.pipeline.corpus import plan_corpus
 from distill.storage.cache import Cache
 from distill.storage.records import CacheError, Plan

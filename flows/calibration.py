@@ -6,8 +6,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from distill.flows.caching import cache_teachers
-from distill.pipeline.calibration import calibrate_teachers, eval_corpus_config
-from distill.pipeline.config import DistillConfig, load_config
+from distill.pipeline.calibration import calibrate_teachers
+from distill.pipeline.config import DistillConfig, eval_corpus_config, load_config
 from distill.pipeline.trainer import open_caches
 
 

@@ -1,4 +1,4 @@
-"""The `distill` command line: cache, train, calibrate, inspect, demo.
+"""The `distill` command line: cache, train, calibrate, inspect, gc, serve, demo.
 
 Heavy imports (torch, transformers, Prefect) happen inside the commands that need them, so
 `distill inspect` works from the base install.
@@ -181,6 +181,9 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
             examples: int = typer.Option(10, help="most disagreed-on texts to show"),
             sql: Optional[str] = typer.Option(None, help="run this SQL (DuckDB) over the cache "
                                               "instead; views: texts and one per teacher"),
+            config: Optional[Path] = typer.Option(None, help="a config of this cache: its teachers' "
+                                                  "caches are the current ones (default: the "
+                                                  "newest complete cache of each name)"),
             as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """What is in a cache: coverage, confidence, labels, agreement, disagreement, plots, SQL.
 
@@ -195,11 +198,12 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
     try:
         if not location.fs.exists(location.root):
             _fail(f"{cache} does not exist")
+        used = _used_by(config, location) if config else None
         if sql is not None:
-            _print_sql(location, sql, teacher, as_json)
+            _print_sql(location, sql, teacher, used, as_json)
             return
         gold = read_labels(labels, label_column, text_column) if labels else None
-        report = inspect_cache(location, teacher, labels=gold, examples=examples)
+        report = inspect_cache(location, teacher, labels=gold, examples=examples, used=used)
     except CacheError as e:
         _fail(str(e))
     except PermissionError as e:
@@ -212,13 +216,34 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
     print_report(report, console)
 
 
-def _print_sql(cache, query: str, teachers: list[str] | None, as_json: bool) -> None:
+def _used_by(config: Path, cache) -> set[str]:
+    """The ids `config`'s teachers have over the plans in `cache` (from files and settings:
+    no model is loaded, no corpus read), refusing a config of another cache, whose ids would
+    silently match nothing here."""
+    from distill.pipeline.config import ConfigError, load_config
+    from distill.pipeline.gc import cache_root, config_teacher_ids
+
+    try:
+        loaded = load_config(config)
+        if cache_root(loaded.cache) != cache_root(cache.location):
+            raise ConfigError(f"{config}: its cache is {loaded.cache}, not {cache.location}; give "
+                              "a config of the cache you inspect")
+        return config_teacher_ids(loaded, cache.plan_ids())
+    except ConfigError as e:
+        _fail(str(e))
+    except ImportError as e:  # a hub model id needs huggingface_hub, which the base install lacks
+        _fail(f"{config}: cannot find its teachers' files ({e}); pip install 'distill[ml]', or "
+              "leave out --config to take the newest complete cache of each teacher")
+
+
+def _print_sql(cache, query: str, teachers: list[str] | None, used: set[str] | None,
+               as_json: bool) -> None:
     from distill.flows.tables import print_rows
     from distill.inspection.sql import SqlError, run_sql
     from distill.storage.records import CacheError
 
     try:
-        result = run_sql(cache, query, teachers)
+        result = run_sql(cache, query, teachers, used)
     except (SqlError, CacheError) as e:
         _fail(str(e))
     if as_json:
@@ -251,6 +276,34 @@ def _write_plots(report: dict, folder: Path | None, html_file: Path | None) -> N
         html_file.parent.mkdir(parents=True, exist_ok=True)
         html_file.write_text(render_html(report, pngs), encoding="utf-8")
         err_console.print(f"wrote {html_file}")
+
+
+@app.command()
+def gc(configs: list[Path] = typer.Argument(..., help="the YAML configs whose caches to keep"),
+       dry_run: bool = typer.Option(False, "--dry-run", help="list what would go; remove nothing"),
+       verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Remove the teacher caches and corpus plans that none of the given configs use (stale
+    weights, settings or corpus versions), printing each and the bytes freed."""
+    _quiet_libraries(verbose)
+    from functools import reduce
+    from operator import or_
+
+    from distill.flows.tables import print_removed
+    from distill.pipeline.config import ConfigError, load_config
+    from distill.pipeline.gc import remove, same_cache, unused_caches, used_caches
+    from distill.storage.records import CacheError
+
+    try:
+        loaded = [load_config(c) for c in configs]
+        root = same_cache(loaded)
+        unused = unused_caches(root, reduce(or_, map(used_caches, loaded)))
+        if not dry_run:
+            remove(root, unused)
+    except (ConfigError, CacheError) as e:
+        _fail(str(e))
+    except PermissionError as e:
+        _denied(loaded[0].cache, e)
+    print_removed(unused, root.location, dry_run, console)
 
 
 @app.command()

@@ -36,6 +36,20 @@ def print_cache_summary(summaries: list[dict], cache: str, console: Console) -> 
     console.print(table)
 
 
+def print_removed(unused: list, cache: str, dry_run: bool, console: Console) -> None:
+    """What `distill gc` removed (or, with --dry-run, would remove) and the bytes that frees."""
+    verb = "would remove" if dry_run else "removed"
+    table = Table("kind", "id", "teacher / corpus", "bytes", title=f"{verb} from {cache}")
+    for u in unused:
+        table.add_row(u.kind, u.id, Text(u.what), f"{u.bytes:,}")
+    if unused:
+        console.print(table)
+    freed = sum(u.bytes for u in unused)
+    teachers = sum(u.kind == "teacher" for u in unused)
+    console.print(f"{verb} {teachers} teacher caches and {len(unused) - teachers} plans: "
+                  f"{'would free' if dry_run else 'freed'} {freed:,} bytes ({freed / 2**20:.2f} MiB)")
+
+
 def print_train_summary(summary: dict, console: Console) -> None:
     table = Table("method", "steps", "seconds", *summary.get("eval", {}).keys(), title="student")
     table.add_row(summary["method"], str(summary["steps"]), f"{summary['train_seconds']:.1f}",

@@ -30,10 +30,12 @@ def sections(report: dict, text_width: int | None = None) -> list[Section]:
                 ["plan", "source", "rows", "shards", "skipped empty", "skipped non-string"],
                 [[p["plan_id"], p["source"], f"{p['rows']:,}", str(p["shards"]),
                   str(p["skipped_empty"]), str(p["skipped_non_string"])] for p in report["plans"]]),
-        Section("teachers", ["teacher", "kind", "id", "plan", "rows", "shards", "MiB", "complete"],
+        Section("teachers", ["teacher", "kind", "id", "plan", "rows", "shards", "MiB", "complete",
+                             "current"],
                 [[t["title"], t["kind"], t["teacher_id"], t["plan_id"], f"{t['rows']:,}",
                   f"{t['shards']}/{t['plan_shards']}", f"{t['bytes'] / 2**20:.2f}",
-                  "yes" if t["complete"] else "no"] for t in teachers]),
+                  "yes" if t["complete"] else "no", "yes" if t["current"] else "no"]
+                 for t in teachers]),
         Section("rows and shards of note", ["teacher", "truncated rows", "failed rows (non-finite)",
                                             "rows skipped by the plan", "missing shards"],
                 [[t["title"], str(t["truncated_rows"]), str(t["nonfinite_rows"]),
@@ -65,8 +67,8 @@ def sections(report: dict, text_width: int | None = None) -> list[Section]:
             f"most disagreed-on texts ({', '.join(names)}; mean disagreement {fmt(group['mean'])})",
             ["disagreement", "text", *names, "label"],
             [[fmt(e["disagreement"]), _short(e["text"], text_width),
-              *(f"{e['predictions'][n]['label']} ({e['predictions'][n]['probability']:.2f})"
-                for n in names), str(e.get("label", "-"))] for e in group["examples"]]))
+              *(_prediction(e["predictions"].get(n)) for n in names), str(e.get("label", "-"))]
+             for e in group["examples"]]))
     return [s for s in out if s.rows]
 
 
@@ -81,6 +83,11 @@ def agreement_matrices(report: dict) -> list[tuple[str, list[str], list[list[flo
                   for a in names]
         out.append((plan_id, names, matrix))
     return out
+
+
+def _prediction(p: dict | None) -> str:
+    """A teacher's vote on an example; "-" where its cache lacks that shard (unfinished)."""
+    return "-" if p is None else f"{p['label']} ({p['probability']:.2f})"
 
 
 def _shard_list(indices: list[int]) -> str:

@@ -1,9 +1,11 @@
 """SQL over a cache with DuckDB: the corpus text and every teacher are views.
 
 - `texts`: plan_id, shard, row, sample_id, text (every plan's text shards).
-- one view per teacher, named after it (a teacher cached over several corpora, e.g. a pool and
-  an eval set, is one view over all of them; two caches of one name on the same corpus get
-  their teacher ids as view names instead): plan_id, shard, row, sample_id, its cached columns,
+- one view per teacher, named after it, over its current cache of every corpus (a pool and an
+  eval set: one view); where a name has several caches of one corpus (re-cached with new weights
+  or settings), the current one is that of the config given with `--config`, else the newest
+  complete one, and each other one is a view of its own, `name@<teacher-id prefix>`
+  (storage/inspect.py, `name_caches`): plan_id, shard, row, sample_id, its cached columns,
   and for classification caches `pred` (argmax class index), `label` (its name), `confidence`
   (top-1 probability), `margin` and `entropy` (normalised H/log C). Failed rows are null.
 
@@ -22,7 +24,7 @@ import pyarrow as pa
 
 from distill.storage.cache import Cache
 from distill.storage.columns import to_matrix
-from distill.storage.inspect import class_names, confidence, probabilities, select_manifests
+from distill.storage.inspect import class_names, confidence, name_caches, probabilities
 from distill.storage.records import ShardEntry, TeacherManifest
 
 LEFT_OUT = ("features",)
@@ -32,8 +34,9 @@ class SqlError(ValueError):
     """A query DuckDB refused; the message lists the views and their columns."""
 
 
-def run_sql(cache: Cache, query: str, teachers: list[str] | None = None) -> pa.Table:
-    con = connect(cache, teachers)
+def run_sql(cache: Cache, query: str, teachers: list[str] | None = None,
+            used: set[str] | None = None) -> pa.Table:
+    con = connect(cache, teachers, used)
     try:
         result = con.sql(query)
     except duckdb.Error as e:
@@ -43,8 +46,10 @@ def run_sql(cache: Cache, query: str, teachers: list[str] | None = None) -> pa.T
     return result.fetch_arrow_table() if result is not None else pa.table({})
 
 
-def connect(cache: Cache, teachers: list[str] | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the `texts` view and one view per teacher."""
+def connect(cache: Cache, teachers: list[str] | None = None,
+            used: set[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the `texts` view and one view per teacher (`used`:
+    the teacher ids of a config, whose caches are the current ones)."""
     con = duckdb.connect()
     plans = {p: cache.load_plan(p) for p in cache.plan_ids()}
     con.register("texts", _concat([_text_table(cache, plan, i) for plan in plans.values()
@@ -52,7 +57,10 @@ def connect(cache: Cache, teachers: list[str] | None = None) -> duckdb.DuckDBPyC
                                   pa.schema([("plan_id", pa.string()), ("shard", pa.int32()),
                                              ("row", pa.int64()), ("sample_id", pa.int64()),
                                              ("text", pa.string())])))
-    for view, manifests in _views(select_manifests(cache, teachers)).items():
+    views: dict[str, list[TeacherManifest]] = {}
+    for named in name_caches(cache, teachers, used):
+        views.setdefault(named.view, []).append(named.m)
+    for view, manifests in views.items():
         tables = [_teacher_table(cache, m, plans[m.plan_id], entry)
                   for m in manifests for _, entry in sorted(cache.published_shards(m.teacher_id).items())
                   if not cache.shard_problem(m.teacher_id, entry, checksum=False)]
@@ -64,19 +72,6 @@ def describe(con: duckdb.DuckDBPyConnection) -> str:
     rows = con.sql("SELECT table_name, string_agg(column_name, ', ' ORDER BY ordinal_position) "
                    "FROM information_schema.columns GROUP BY table_name ORDER BY table_name").fetchall()
     return "\n".join(f"  {name}({columns})" for name, columns in rows)
-
-
-def _views(manifests: list[TeacherManifest]) -> dict[str, list[TeacherManifest]]:
-    by_name: dict[str, list[TeacherManifest]] = {}
-    for m in manifests:
-        by_name.setdefault(m.name, []).append(m)
-    views = {}
-    for name, group in by_name.items():
-        if len({m.plan_id for m in group}) == len(group):
-            views[name] = group
-        else:
-            views.update({m.teacher_id: [m] for m in group})
-    return views
 
 
 def _concat(tables: list[pa.Table], schema: pa.Schema | None) -> pa.Table:

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.pipeline.config import (ConfigError, ContinualConfig, CorpusConfig, DistillConfig,
-                             TeacherConfig)
+from distill.pipeline.config import ConfigError, ContinualConfig, DistillConfig, TeacherConfig
 from distill.pipeline.labels import build_label_space
 from distill.pipeline.teacher import is_prompt_based
 from distill.storage.aligned import AlignedCache
@@ -82,22 +81,6 @@ def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = 
         if mask.any():
             error += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
     return float(error)
-
-
-def eval_corpus_config(config: DistillConfig) -> DistillConfig:
-    """The config with the labelled `eval` file as its corpus, so the caching flow runs the
-    teachers over it. Only logits are needed, so MC dropout and features are left out."""
-    if config.eval is None:
-        raise ConfigError(f"{config.source}: calibration needs a labelled held-out set; add "
-                          "`eval: {path: ..., label_column: label}`")
-    # A continual config has no top-level corpus (each task has its own, and `for_task` sets it):
-    # start from defaults, so every task's caching run and the trainer find one eval plan.
-    base = None if config.tasks else config.corpus
-    corpus = (base or CorpusConfig(path=config.eval.path)).model_copy(
-        update={"path": config.eval.path, "text_column": config.eval.text_column})
-    teachers = [t.model_copy(update={"mc_dropout": None, "features": None, "calibration": None})
-                for t in config.teachers]
-    return config.model_copy(update={"corpus": corpus, "teachers": teachers})
 
 
 def held_out_teachers(config: DistillConfig, names: list[str]) -> list[str]:

@@ -305,6 +305,22 @@ def _check_tasks(config: DistillConfig) -> None:
                           f"({continual.pool_size}); lower top_k or grow the pool")
 
 
+def eval_corpus_config(config: DistillConfig) -> DistillConfig:
+    """The config with the labelled `eval` file as its corpus, so the caching flow runs the
+    teachers over it. Only logits are needed, so MC dropout and features are left out."""
+    if config.eval is None:
+        raise ConfigError(f"{config.source}: calibration needs a labelled held-out set; add "
+                          "`eval: {path: ..., label_column: label}`")
+    # A continual config has no top-level corpus (each task has its own, and `for_task` sets it):
+    # start from defaults, so every task's caching run and the trainer find one eval plan.
+    base = None if config.tasks else config.corpus
+    corpus = (base or CorpusConfig(path=config.eval.path)).model_copy(
+        update={"path": config.eval.path, "text_column": config.eval.text_column})
+    teachers = [t.model_copy(update={"mc_dropout": None, "features": None, "calibration": None})
+                for t in config.teachers]
+    return config.model_copy(update={"corpus": corpus, "teachers": teachers})
+
+
 def with_runner(config: DistillConfig, **overrides) -> DistillConfig:
     """`config` with command-line overrides of its `runner` section (None: keep the file's),
     checked like the file."""

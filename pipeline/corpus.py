@@ -11,7 +11,7 @@ from typing import Iterator
 
 from distill.pipeline.config import ConfigError, CorpusConfig
 from distill.storage.cache import Cache
-from distill.storage.plan import build_plan
+from distill.storage.plan import build_plan, plan_id_of
 from distill.storage.records import Plan
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
@@ -62,3 +62,8 @@ def plan_corpus(cache: Cache, corpus: CorpusConfig, progress=None) -> Plan:
     """Build (or find) the plan for this corpus and sharding in the cache."""
     return build_plan(cache, load_rows(corpus), source=corpus.path, text_column=corpus.text_column,
                       rows_per_shard=corpus.rows_per_shard, progress=progress)
+
+
+def corpus_plan_id(corpus: CorpusConfig) -> str:
+    """The id of this corpus's plan (one pass over its text; nothing is written)."""
+    return plan_id_of(load_rows(corpus), corpus.rows_per_shard)

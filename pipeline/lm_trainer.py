@@ -9,8 +9,7 @@ vocabulary, checked by fingerprint before any training.
 
 from __future__ import annotations
 
-from distill.pipeline.calibration import eval_corpus_config
-from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig
+from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig, eval_corpus_config
 from distill.pipeline.lm_evaluate import evaluate_lm
 from distill.pipeline.lm_losses import next_token_ce
 from distill.pipeline.lm_methods import make_token_method

@@ -10,6 +10,7 @@ so `distill inspect` works from the base install.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
@@ -17,6 +18,7 @@ import pyarrow as pa
 
 from distill.storage.cache import Cache
 from distill.storage.columns import to_matrix
+from distill.storage.fs import join
 from distill.storage.lm_tokens import TokenStats, is_lm_cache
 from distill.storage.records import CacheError, DamagedShard, Plan, TeacherManifest
 from distill.storage.summaries import Histogram, Reliability
@@ -56,35 +58,93 @@ def class_names(m: TeacherManifest) -> list[str]:
     return ["score < 0", "score ≥ 0"] if m.settings.get("num_labels") == 1 else list(names)
 
 
-def select_manifests(cache: Cache, teachers: list[str] | None = None) -> list[TeacherManifest]:
-    """The teacher caches to inspect (all, or those named by name or teacher id), by name."""
-    manifests = sorted(cache.manifests(), key=lambda m: (m.name, m.plan_id))
+@dataclass(frozen=True)
+class NamedCache:
+    """A teacher cache with the names the report and the SQL views give it.
+
+    The *current* caches of a teacher name are those the config given to inspect uses (over
+    its corpus and eval set), else per plan the newest complete one. Their SQL view is the
+    teacher's name (one view over every plan, e.g. a pool and an eval set); every other cache
+    of that name (older weights, settings or corpus) gets `name@<teacher-id prefix>`. `title`, the report's label and JSON key, is the
+    view name where that view holds only this cache, else `name@<prefix>`: never shared."""
+
+    m: TeacherManifest
+    view: str
+    title: str
+    current: bool
+
+
+def name_caches(cache: Cache, teachers: list[str] | None = None,
+                used: set[str] | None = None) -> list[NamedCache]:
+    """The teacher caches to inspect (all, or those named by name, label or teacher id), by
+    name, current caches first; `used` holds the teacher ids a config uses."""
+    manifests = cache.manifests()
+    current = _current(cache, manifests, used or set())
+    width = _id_width([m.teacher_id for m in manifests])
+    short = {m.teacher_id: f"{m.name}@{m.teacher_id[:width]}" for m in manifests}
+    views = {m.teacher_id: m.name if m.teacher_id in current else short[m.teacher_id]
+             for m in manifests}
+    shared = Counter(views.values())
+    named = []
+    for m in manifests:
+        view = views[m.teacher_id]
+        title = view if shared[view] == 1 else short[m.teacher_id]
+        named.append(NamedCache(m, view, title, m.teacher_id in current))
+    named.sort(key=lambda n: (n.m.name, not n.current, n.title))
     if not teachers:
-        return manifests
-    unknown = [t for t in teachers if not any(t in (m.name, m.teacher_id) for m in manifests)]
+        return named
+    unknown = [t for t in teachers if not any(t in (n.m.name, n.m.teacher_id, n.title) for n in named)]
     if unknown:
         here = ", ".join(sorted({m.name for m in manifests})) or "none"
         raise CacheError(f"no teacher named or with id {', '.join(map(repr, unknown))} in "
                          f"{cache.location} (teachers here: {here}); check --teacher")
-    return [m for m in manifests if m.name in teachers or m.teacher_id in teachers]
+    return [n for n in named if {n.m.name, n.m.teacher_id, n.title} & set(teachers)]
+
+
+def _current(cache: Cache, manifests: list[TeacherManifest], used: set[str]) -> set[str]:
+    """The teacher ids of the current caches: of a name the config uses (`used`), exactly the
+    caches it uses; of any other name, per plan, the newest complete cache (by when its
+    manifest was last written: `finalize` rewrites it), else the newest."""
+    current = {m.teacher_id for m in manifests if m.teacher_id in used}
+    chosen_names = {m.name for m in manifests if m.teacher_id in current}
+    groups: dict[tuple[str, str], list[TeacherManifest]] = {}
+    for m in manifests:
+        if m.name not in chosen_names:
+            groups.setdefault((m.name, m.plan_id), []).append(m)
+    for group in groups.values():
+        newest = group[0] if len(group) == 1 else max(
+            group, key=lambda m: (m.complete, _written(cache, m)))
+        current.add(newest.teacher_id)
+    return current
+
+
+def _written(cache: Cache, m: TeacherManifest):
+    return cache.fs.modified(join(cache.teacher_dir(m.teacher_id), "manifest.json"))
+
+
+def _id_width(ids: list[str], shortest: int = 8) -> int:
+    """The shortest prefix length (at least `shortest`) that tells all the ids apart."""
+    width = shortest
+    while len({i[:width] for i in ids}) < len(set(ids)):
+        width += 1
+    return width
 
 
 def inspect_cache(cache: Cache, teachers: list[str] | None = None,
-                  labels: dict[int, object] | None = None, examples: int = EXAMPLES) -> dict:
-    """A JSON-ready report: plans; per teacher coverage, confidence histograms, predicted
+                  labels: dict[int, object] | None = None, examples: int = EXAMPLES,
+                  used: set[str] | None = None) -> dict:
+    """A JSON-ready report: plans; per teacher cache (`name_caches`, with `used` the teacher
+    ids of the config the caller names) coverage, confidence histograms, predicted
     labels, MC-dropout and per-token (causal LM) statistics, accuracy and calibration when
     `labels` ({sample_id: label}) are given; pairwise argmax agreement and the texts the
     teachers of one plan and label set disagree on most.
 
     Every shard is read, and so verified against its recorded sha256 (`Cache.read_shard`):
     a teacher is `complete` only when all of its shards are there and matched."""
-    manifests = select_manifests(cache, teachers)
+    named = name_caches(cache, teachers, used)
     plans = {pid: cache.load_plan(pid)
-             for pid in sorted({m.plan_id for m in manifests} | set(cache.plan_ids()))}
-    repeated = {n for n, count in Counter(m.name for m in manifests).items() if count > 1}
-    stats = [_TeacherStats(cache, m, plans[m.plan_id], labels,
-                           f"{m.name} ({m.plan_id[:8]})" if m.name in repeated else m.name)
-             for m in manifests]
+             for pid in sorted({n.m.plan_id for n in named} | set(cache.plan_ids()))}
+    stats = [_TeacherStats(cache, n, plans[n.m.plan_id], labels) for n in named]
     comparisons = []
     for plan in plans.values():
         comparison = _PlanComparison(cache, plan, [s for s in stats if s.m.plan_id == plan.plan_id],
@@ -109,9 +169,11 @@ def inspect_cache(cache: Cache, teachers: list[str] | None = None,
 class _TeacherStats:
     """Everything the report says about one teacher cache, added up shard by shard."""
 
-    def __init__(self, cache: Cache, m: TeacherManifest, plan: Plan,
-                 labels: dict[int, object] | None, title: str):
-        self.cache, self.m, self.plan, self.title, self.labels = cache, m, plan, title, labels
+    def __init__(self, cache: Cache, named: NamedCache, plan: Plan,
+                 labels: dict[int, object] | None):
+        self.cache, self.named, self.m, self.title = cache, named, named.m, named.title
+        self.plan, self.labels = plan, labels
+        m = self.m
         self.entries = cache.published_shards(m.teacher_id)
         self.problems = {i: p for i, e in self.entries.items()
                          if (p := cache.shard_problem(m.teacher_id, e, checksum=False))}
@@ -184,8 +246,8 @@ class _TeacherStats:
         m, entries = self.m, self.entries
         missing = [i for i in range(len(self.plan.shards)) if i not in entries]
         kind = "causal-lm" if self.lm else m.settings.get("kind", "classification")
-        stats = {"name": m.name, "title": self.title, "teacher_id": m.teacher_id,
-                 "plan_id": m.plan_id, "kind": kind,
+        stats = {"name": m.name, "title": self.title, "view": self.named.view,
+                 "current": self.named.current, "teacher_id": m.teacher_id, "plan_id": m.plan_id, "kind": kind,
                  "model": m.settings.get("model"), "num_labels": m.settings.get("num_labels"),
                  "rows": sum(e.rows for e in entries.values()), "shards": len(entries),
                  "plan_shards": len(self.plan.shards), "missing_shards": missing,

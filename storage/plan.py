@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 
@@ -42,15 +42,8 @@ def build_plan(cache, rows: Iterable[tuple[int, object]], *, source: str, text_c
     fingerprint = hashlib.sha256()
     with tempfile.TemporaryDirectory(prefix="distill-plan-") as staging:
         local = _LocalShards(Path(staging), rows_per_shard)
-        for row, value in rows:
-            reason = _skip_reason(value)
-            if reason:
-                setattr(skipped, reason, getattr(skipped, reason) + 1)
-                examples = skipped.examples.setdefault(reason, [])
-                if len(examples) < _MAX_EXAMPLES:
-                    examples.append(row)
-                continue
-            fingerprint.update(value.encode("utf-8") + b"\0")
+        for row, value in _usable(rows, skipped):
+            fingerprint.update(_fingerprint_part(value))
             local.add(row, value)
             if progress:
                 progress(1)
@@ -59,8 +52,7 @@ def build_plan(cache, rows: Iterable[tuple[int, object]], *, source: str, text_c
             raise ValueError(f"{source}: no usable text in column '{text_column}' "
                              f"({skipped.empty} empty, {skipped.non_string} non-string rows)")
         fingerprint = fingerprint.hexdigest()
-        plan_key = f"v{FORMAT_VERSION}|{fingerprint}|{rows_per_shard}"
-        plan_id = hashlib.sha256(plan_key.encode()).hexdigest()[:16]
+        plan_id = _plan_id(fingerprint, rows_per_shard)
         existing = cache.find_plan(plan_id)
         if existing is not None:
             _repair_text_shards(cache, existing, local.files)
@@ -96,6 +88,38 @@ def _repair_text_shards(cache, plan: Plan, staged: list[tuple[Path, int]]) -> No
             raise CacheError(f"{join(folder, entry.file)}: rewritten from the corpus, it does not "
                              f"match the sha256 in plan.json; delete {folder} and re-run "
                              "`distill cache CONFIG`")
+
+
+def plan_id_of(rows: Iterable[tuple[int, object]], rows_per_shard: int) -> str:
+    """The id `build_plan` gives these rows, computed without writing anything: which plan in a
+    cache a corpus has (for `distill gc`, which must not build plans to find the ones in use)."""
+    fingerprint = hashlib.sha256()
+    for _, value in _usable(rows, SkippedRows()):
+        fingerprint.update(_fingerprint_part(value))
+    return _plan_id(fingerprint.hexdigest(), rows_per_shard)
+
+
+def _plan_id(fingerprint: str, rows_per_shard: int) -> str:
+    plan_key = f"v{FORMAT_VERSION}|{fingerprint}|{rows_per_shard}"
+    return hashlib.sha256(plan_key.encode()).hexdigest()[:16]
+
+
+def _fingerprint_part(text: str) -> bytes:
+    return text.encode("utf-8") + b"\0"
+
+
+def _usable(rows: Iterable[tuple[int, object]], skipped: SkippedRows) -> Iterator[tuple[int, str]]:
+    """The rows that are samples, in order; the others are counted in `skipped` (with the first
+    few row numbers as examples)."""
+    for row, value in rows:
+        reason = _skip_reason(value)
+        if reason is None:
+            yield row, value
+            continue
+        setattr(skipped, reason, getattr(skipped, reason) + 1)
+        examples = skipped.examples.setdefault(reason, [])
+        if len(examples) < _MAX_EXAMPLES:
+            examples.append(row)
 
 
 def _skip_reason(value: object) -> str | None:

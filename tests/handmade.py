@@ -30,9 +30,10 @@ def write_plan(root, texts: list[str], rows_per_shard: int) -> tuple[Cache, Plan
 
 
 def write_teacher(cache: Cache, plan: Plan, name: str, columns: dict, labels: list[str],
-                  shards: list[int] | None = None) -> TeacherManifest:
-    """Publish the given shards (all by default; then the manifest is finalized)."""
-    teacher_id = hashlib.sha256(f"{name}|{plan.plan_id}".encode()).hexdigest()[:16]
+                  shards: list[int] | None = None, version: str = "") -> TeacherManifest:
+    """Publish the given shards (all by default; then the manifest is finalized). Another
+    `version` is another cache of the same teacher name (say, after its weights changed)."""
+    teacher_id = hashlib.sha256(f"{name}|{plan.plan_id}{version}".encode()).hexdigest()[:16]
     manifest = TeacherManifest(
         teacher_id=teacher_id, name=name, plan_id=plan.plan_id, format_version=FORMAT_VERSION,
         code_version="test", fingerprint={}, columns={k: _type_name(v) for k, v in columns.items()},

@@ -1,10 +1,14 @@
 """The `distill` command line, run in-process through typer's runner."""
 
 import json
+import uuid
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import handmade
+import tiny
 from distill.flows.cli import app
 
 runner = CliRunner()
@@ -32,3 +36,111 @@ def test_cache_with_a_bad_config_exits_2_with_the_key(project):
 def test_inspect_of_a_missing_cache(tmp_path):
     result = runner.invoke(app, ["inspect", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def _files(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _bytes(folder) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.usefixtures("prefect")
+def test_a_recached_teacher_then_inspect_by_config_and_gc(project):
+    """Teacher `a` re-cached with other weights (second.yaml) next to first.yaml's caches, and a
+    stale corpus plan: inspect names each cache apart and follows --config; gc keeps exactly what
+    the given configs use."""
+    tiny.classifier(project.root / "teacher-c", seed=5)
+    first = project.config("first.yaml")
+    second = project.config("second.yaml", teachers=[
+        {"name": "a", "model": "teacher-c", "max_length": 16, "batch_size": 8}])
+    for config in (first, second):
+        result = runner.invoke(app, ["cache", str(config)])
+        assert result.exit_code == 0, result.output
+    stale_cache, stale_plan = handmade.write_plan(project.cache, ["an old corpus"], 1)
+    stale = handmade.write_teacher(stale_cache, stale_plan, "a", {"logits": np.zeros((1, 2))},
+                                   ["x", "y"])
+    (project.cache / "notes.txt").write_text("not a cache")
+
+    def inspect(*args):
+        result = runner.invoke(app, ["inspect", str(project.cache), "--json", *map(str, args)])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    def model(report, name):
+        return next(t for t in report["teachers"] if t["model"].endswith(name))
+
+    newest, used = inspect(), inspect("--config", first)
+    old_id = model(newest, "teacher-a")["teacher_id"]
+    assert model(newest, "teacher-c")["view"] == "a"  # the newest, here with the stale corpus's a
+    assert model(newest, "teacher-a")["title"] == model(newest, "teacher-a")["view"] == f"a@{old_id[:8]}"
+    assert model(used, "teacher-a")["title"] == "a"  # exactly what first.yaml uses
+    assert all(t["title"].startswith("a@") for t in used["teachers"] if t["teacher_id"] != old_id
+               and t["name"] == "a")
+    logits = "SELECT sum(logits[1]) AS s FROM {}"
+    assert (inspect("--config", first, "--sql", logits.format("a"))
+            == inspect("--sql", logits.format(f'"a@{old_id[:8]}"')))
+    assert inspect("--sql", logits.format("a")) != inspect("--sql", logits.format(f'"a@{old_id[:8]}"'))
+
+    kept = runner.invoke(app, ["gc", str(first), str(second), "--dry-run"])
+    assert kept.exit_code == 0 and "would remove 1 teacher caches and 1 plans" in kept.output
+    assert stale.teacher_id in kept.output and stale_plan.plan_id in kept.output
+    second_id = model(newest, "teacher-c")["teacher_id"]
+    unused = [project.cache / "teachers" / second_id, project.cache / "teachers" / stale.teacher_id,
+              project.cache / "corpora" / stale_plan.plan_id]
+    before = _files(project.cache)
+    dry = runner.invoke(app, ["gc", str(first), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert _files(project.cache) == before  # a dry run removes nothing
+    freed = sum(_bytes(folder) for folder in unused)
+    for said in (dry.output, (done := runner.invoke(app, ["gc", str(first)])).output):
+        assert all(folder.name in said for folder in unused)
+        assert "2 teacher caches and 1 plans" in said and f"{freed:,} bytes" in said
+    assert done.exit_code == 0 and not any(folder.exists() for folder in unused)
+    assert (project.cache / "notes.txt").exists()
+    left = inspect()
+    assert sorted(t["title"] for t in left["teachers"]) == ["a", "b"]
+    assert all(t["complete"] and not t["problems"] for t in left["teachers"])
+    assert model(left, "teacher-a")["teacher_id"] == old_id
+    again = runner.invoke(app, ["gc", str(first)])
+    assert again.exit_code == 0 and "removed 0 teacher caches and 0 plans" in again.output
+
+
+def test_gc_refuses_other_cache_roots_and_invalid_configs(project):
+    cache, plan = handmade.write_plan(project.cache, ["some text"], 1)
+    handmade.write_teacher(cache, plan, "a", {"logits": np.zeros((1, 2))}, ["x", "y"])
+    before = _files(project.cache)
+    config = project.config()
+    other = project.config("other.yaml", cache="elsewhere")
+    no_model = project.config("no-model.yaml", teachers=[{"name": "a", "model": "./missing"}])
+    no_corpus = project.config("no-corpus.yaml", corpus={"path": "missing.jsonl"})
+    for configs, message in [([config, other], "different cache roots"),
+                             ([config, no_model], "missing does not exist"),
+                             ([config, no_corpus], "missing.jsonl does not exist"),
+                             ([project.config("bad.yaml", cache_dir="x")], "cache_dir: unknown key")]:
+        result = runner.invoke(app, ["gc", *map(str, configs)])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output
+    assert _files(project.cache) == before
+    result = runner.invoke(app, ["inspect", str(project.cache), "--config", str(other)])
+    assert result.exit_code == 2 and "its cache is" in result.output
+
+
+def test_gc_on_an_fsspec_url(project):
+    """A cache reached by URL (fsspec's in-memory store): the unused plan and teacher go, what
+    lies beside and outside the cache root stays."""
+    import fsspec
+
+    location = f"memory://gc-{uuid.uuid4().hex[:8]}/cache"
+    cache, plan = handmade.write_plan(location, ["some text"], 1)
+    stale = handmade.write_teacher(cache, plan, "a", {"logits": np.zeros((1, 2))}, ["x", "y"])
+    fs = fsspec.filesystem("memory")
+    for path in (f"{cache.root}/notes.txt", f"{cache.root.rsplit('/', 1)[0]}/outside.txt"):
+        fs.pipe(path, b"keep")
+    result = runner.invoke(app, ["gc", str(project.config(cache=location))])
+    assert result.exit_code == 0, result.output
+    assert stale.teacher_id in result.output and plan.plan_id in result.output
+    assert not fs.exists(cache.teacher_dir(stale.teacher_id)) and not fs.exists(cache.plan_dir(plan.plan_id))
+    assert fs.cat(f"{cache.root}/notes.txt") == b"keep"
+    assert fs.cat(f"{cache.root.rsplit('/', 1)[0]}/outside.txt") == b"keep"

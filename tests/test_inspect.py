@@ -190,6 +190,63 @@ def test_sql_examples_from_the_readme(scenario):
     assert results[-1] == [{"text": handmade.TEXTS[2]}]  # a truncated text 2 and failed none
 
 
+@pytest.fixture
+def recached(tmp_path):
+    """The scenario with two more caches of teacher `a` over the same corpus: an older one
+    (other weights: it predicts z everywhere) and a newer one that never finished."""
+    import os
+
+    cache, plan = handmade.scenario(tmp_path)
+    old = handmade.write_teacher(cache, plan, "a", {"logits": handmade._confident([2] * 6)},
+                                 handmade.CLASSES, version="old")
+    partial = handmade.write_teacher(cache, plan, "a", {"logits": handmade._confident([1] * 6)},
+                                     handmade.CLASSES, shards=[0], version="partial")
+    current = next(m for m in cache.manifests() if m.name == "a" and m.teacher_id not in
+                   (old.teacher_id, partial.teacher_id))
+    for when, m in enumerate([old, current, partial]):  # the unfinished one is the newest
+        os.utime(tmp_path / "cache" / "teachers" / m.teacher_id / "manifest.json", (when, when))
+    return tmp_path, {"old": old.teacher_id, "current": current.teacher_id,
+                      "partial": partial.teacher_id}
+
+
+def test_caches_of_one_name_get_labels_of_their_own(recached):
+    root, ids = recached
+    report = _report(root, "--plots", root / "plots", "--html", root / "r.html")
+    titles = {t["teacher_id"]: t["title"] for t in report["teachers"]}
+    assert titles[ids["current"]] == "a"  # the newest complete cache is "the" cache of a
+    assert titles[ids["old"]] == f"a@{ids['old'][:8]}"
+    assert titles[ids["partial"]] == f"a@{ids['partial'][:8]}"
+    assert len(set(titles.values())) == len(titles) == 6
+    assert [t["current"] for t in report["teachers"] if t["name"] == "a"] == [True, False, False]
+    group = next(g for g in report["disagreements"] if len(g["teachers"]) > 3)
+    example = group["examples"][0]
+    assert example["predictions"][f"a@{ids['old'][:8]}"]["label"] == "z"  # old a is not dropped
+    assert {"a", f"a@{ids['old'][:8]}", "b", "c"} <= set(example["predictions"])
+    pair = next(e for e in report["agreement"] if {e["a"], e["b"]} == {"a", f"a@{ids['old'][:8]}"})
+    assert pair["agreement"] == pytest.approx(2 / 6)  # a predicts z on rows 2 and 5
+    assert f"a@{ids['old'][:8]}" in (root / "r.html").read_text()
+    assert f"a@{ids['old'][:8]}" in _inspect(root).output
+    chosen = inspect_cache(Cache(root / "cache"), used={ids["old"]})  # what --config does
+    assert {t["title"]: t["teacher_id"] for t in chosen["teachers"]}["a"] == ids["old"]
+
+
+def test_sql_views_of_a_recached_teacher(recached):
+    root, ids = recached
+
+    def sql(query, *args):
+        result = _inspect(root, "--json", "--sql", query, *args)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    labels = "SELECT string_agg(label, '' ORDER BY row) AS labels FROM {}"
+    assert sql(labels.format("a")) == [{"labels": "xyzxyz"}]
+    assert sql(labels.format(f'"a@{ids["old"][:8]}"')) == [{"labels": "zzzzzz"}]
+    assert sql(labels.format(f'"a@{ids["partial"][:8]}"')) == [{"labels": "yyyy"}]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    examples = re.search(r"```sql\n(.*?)```", readme, re.S)[1]
+    assert all(sql(q) for q in examples.split(";") if q.strip())
+
+
 def test_bad_inputs_are_clear_errors(scenario):
     unknown = _inspect(scenario, "--teacher", "zz")
     assert unknown.exit_code == 2 and "'zz'" in unknown.output and "a, b, c, lm" in unknown.output

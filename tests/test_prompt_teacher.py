@@ -15,8 +15,7 @@ from typer.testing import CliRunner
 import tiny
 from distill.flows.cli import app
 from distill.pipeline.caching import teacher_cache
-from distill.pipeline.calibration import eval_corpus_config
-from distill.pipeline.config import TeacherConfig, load_config
+from distill.pipeline.config import TeacherConfig, eval_corpus_config, load_config
 from distill.pipeline.continual import trainer as continual_trainer
 from distill.pipeline.continual.prompts import PromptPool
 from distill.pipeline.continual.student import ContinualStudent

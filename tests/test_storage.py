@@ -106,6 +106,13 @@ def test_inspect_runs_without_torch_transformers_or_prefect(tmp_path):
     """The base install: with torch, transformers and Prefect made unimportable, `distill
     inspect` still prints, plots, writes HTML and runs SQL, and none of them was imported."""
     handmade.scenario(tmp_path)
+    model = tmp_path / "teacher"  # `--config` hashes a teacher's files, never loads them
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "corpus.jsonl").write_text("".join(f'{{"text": "{t}"}}\n' for t in handmade.TEXTS))
+    (tmp_path / "config.yaml").write_text("cache: cache\ncorpus: {path: corpus.jsonl}\n"
+                                          "teachers: [{name: a, model: teacher}]\n")
     code = f"""
 import sys
 for blocked in ('torch', 'transformers', 'prefect'):
@@ -114,7 +121,8 @@ import distill.storage.aligned, distill.storage.plan
 from distill.flows.cli import app
 root = {str(tmp_path)!r}
 for args in ([], ['--plots', root + '/plots', '--html', root + '/r.html', '--labels',
-                  root + '/labels.jsonl', '--json'], ['--sql', 'SELECT count(*) FROM a']):
+                  root + '/labels.jsonl', '--json'], ['--sql', 'SELECT count(*) FROM a'],
+             ['--config', root + '/config.yaml', '--sql', 'SELECT count(*) FROM a']):
     code = app(['inspect', root + '/cache', *args], standalone_mode=False)
     assert not code, (args, code)  # an error exits with status 2
 bad = [m for m in ('torch', 'transformers', 'prefect') if sys.modules.get(m) is not None]

@@ -13,8 +13,7 @@ import re
 
 import numpy as np
 
-from distill.pipeline.calibration import eval_corpus_config
-from distill.pipeline.config import DistillConfig
+from distill.pipeline.config import DistillConfig, eval_corpus_config
 from distill.pipeline.trainer import open_caches
 from distill.storage.columns import to_matrix
 from distill.storage.ids import sample_ids
