@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -19,10 +20,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Offline teacher caches and label-free ensemble distillation.")
 console = Console()
 err_console = Console(stderr=True)
+_verbose = False  # set by _quiet_libraries: -v adds the traceback to user errors
 
 
 def _quiet_libraries(verbose: bool) -> None:
     """Prefect and transformers are chatty by default; keep the progress display readable."""
+    global _verbose
+    _verbose = verbose
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
@@ -40,8 +44,28 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 def _fail(message: str) -> None:
+    if _verbose and traceback.format_exc() != "NoneType: None\n":
+        err_console.print(traceback.format_exc(), highlight=False, soft_wrap=True)
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _checked(config: Path, teachers: list[str] | None = None, method: str | None = None,
+             training: bool = False, **runner):
+    """The config, loaded and with its inputs checked (pipeline/preflight.py) before any flow
+    or Prefect server starts; a mistake ends here, in well under a second (the method check of
+    `training` imports torch), with one line and exit status 2."""
+    from distill.pipeline.config import ConfigError, load_config, with_runner
+    from distill.pipeline.preflight import check_inputs, check_method
+
+    try:
+        loaded = with_runner(load_config(config), **runner)
+        check_inputs(loaded, teachers)
+        if training and not loaded.tasks:
+            check_method(loaded, method)
+    except ConfigError as e:
+        _fail(str(e))
+    return loaded
 
 
 def _denied(location: str, error: PermissionError) -> None:
@@ -73,26 +97,27 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
     With `tasks` (continual distillation) each task's corpus slice is cached on its own, so a
     schedule can run `distill cache CONFIG --task NAME` when the task arrives."""
     _quiet_libraries(verbose)
+    loaded = _checked(config, teacher, kind=runner, address=address,
+                      devices=devices.split(",") if devices else None)
+    if task and not loaded.tasks:
+        _fail(f"{config}: --task needs a config with `tasks`")
     from distill.flows.caching import cache_tasks, cache_teachers
     from distill.flows.progress import RichReporter, reporting
     from distill.flows.runners import cluster_scope
+    from distill.flows.server import api_server
     from distill.flows.tables import print_cache_summary
     from distill.pipeline.caching import NonFiniteOutput
-    from distill.pipeline.config import ConfigError, load_config, with_runner
+    from distill.pipeline.config import ConfigError
     from distill.storage.records import CacheError
 
     try:
-        loaded = with_runner(load_config(config), kind=runner, address=address,
-                             devices=devices.split(",") if devices else None)
-        if task and not loaded.tasks:
-            raise ConfigError(f"{config}: --task needs a config with `tasks`")
-        with reporting(RichReporter(console)), cluster_scope():
+        with api_server(), reporting(RichReporter(console)), cluster_scope():
             if loaded.tasks:
                 summaries = cache_tasks(loaded, tasks=task, teachers=teacher, max_parallel=parallel,
                                         verify=verify)
             else:
                 summaries = cache_teachers(loaded, teachers=teacher, max_parallel=parallel, verify=verify)
-    except (ConfigError, CacheError, NonFiniteOutput) as e:
+    except (ConfigError, CacheError, NonFiniteOutput, ValueError) as e:
         _fail(str(e))
     except PermissionError as e:
         _denied(loaded.cache, e)
@@ -109,17 +134,18 @@ def train(config: Path = typer.Argument(..., help="the YAML config"),
     """Train the student from the teacher caches (label-free ensemble distillation); with
     `tasks`, learn them in order (continual distillation) and print the task accuracy matrix."""
     _quiet_libraries(verbose)
+    loaded = _checked(config, method=method, training=True)
     from distill.flows.progress import RichReporter, reporting
+    from distill.flows.server import api_server
     from distill.flows.tables import print_continual_summary, print_train_summary
-    from distill.pipeline.config import ConfigError, load_config
+    from distill.pipeline.config import ConfigError
     from distill.storage.records import CacheError
 
     try:
-        loaded = load_config(config)
         if loaded.tasks:
             from distill.flows.training import train_continual_student
 
-            with reporting(RichReporter(console)):
+            with api_server(), reporting(RichReporter(console)):
                 summary = train_continual_student(loaded, mode=mode)
             print_continual_summary(summary, console)
             return
@@ -132,7 +158,7 @@ def train(config: Path = typer.Argument(..., help="the YAML config"),
         else:
             from distill.flows.training import train_student
 
-            with reporting(RichReporter(console)):
+            with api_server(), reporting(RichReporter(console)):
                 summary = train_student(loaded, method=method, resume=resume)
     except (ConfigError, CacheError, ValueError) as e:
         _fail(str(e))
@@ -150,13 +176,14 @@ def calibrate(config: Path = typer.Argument(..., help="the YAML config; its `eva
     _quiet_libraries(verbose)
     from distill.flows.calibration import calibrate as calibrate_flow
     from distill.flows.progress import RichReporter, reporting
+    from distill.flows.server import api_server
     from distill.flows.tables import print_calibration
     from distill.pipeline.config import ConfigError, load_config, write_calibration
     from distill.storage.records import CacheError
 
     try:
         loaded = load_config(config)
-        with reporting(RichReporter(console)):
+        with api_server(), reporting(RichReporter(console)):
             fits = calibrate_flow(loaded)
     except (ConfigError, CacheError) as e:
         _fail(str(e))
@@ -194,6 +221,8 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
     from distill.storage.labelled import read_labels
     from distill.storage.records import CacheError
 
+    _check_writable(plots, "--plots")
+    _check_writable(html.parent if html else None, "--html")
     location = Cache(cache)
     try:
         if not location.fs.exists(location.root):
@@ -214,6 +243,16 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
         print(json.dumps(report, indent=2))
         return
     print_report(report, console)
+
+
+def _check_writable(folder: Path | None, option: str) -> None:
+    """`folder` (made later if missing) can take files: fail now rather than after the report."""
+    if folder is None:
+        return
+    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        _fail(f"{option}: cannot write into {folder} ({existing} is not a writable folder); "
+              "choose another path")
 
 
 def _used_by(config: Path, cache) -> set[str]:
@@ -316,16 +355,19 @@ def serve(config: Path = typer.Argument(..., help="the YAML config, with a `sche
     Needs a Prefect server (`prefect server start`, then PREFECT_API_URL); the embedded one
     lives only as long as this process."""
     _quiet_libraries(verbose)
+    loaded = _checked(config.resolve())
     from prefect import serve as serve_deployments
 
     from distill.flows.serve import deployments
-    from distill.pipeline.config import ConfigError, load_config
+    from distill.flows.server import api_server
+    from distill.pipeline.config import ConfigError
 
     try:
-        made = deployments(load_config(config.resolve()))
+        made = deployments(loaded)
     except ConfigError as e:
         _fail(str(e))
-    serve_deployments(*made, limit=limit)
+    with api_server():
+        serve_deployments(*made, limit=limit)
 
 
 @app.command()

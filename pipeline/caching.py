@@ -167,7 +167,8 @@ class ClassificationCache(TeacherCache):
     def describe(self) -> tuple[dict, dict[str, str]]:
         from transformers import AutoConfig
 
-        model_config = AutoConfig.from_pretrained(self.identity.model_dir, local_files_only=True)
+        model_config = AutoConfig.from_pretrained(self.identity.model_dir, local_files_only=True,
+                                                  trust_remote_code=self.config.trust_remote_code)
         num_labels = model_config.num_labels
         if self.config.logits_dtype == "float16" and num_labels < 2:
             raise ValueError(f"teachers[{self.config.name}].logits_dtype: float16 needs at least "

@@ -75,6 +75,8 @@ class TeacherConfig(Strict):
                                       description="teacher class -> student class (training only)")
     calibration: CalibrationConfig | None = None
     lm: LMTargetsConfig | None = Field(None, description="causal-lm: sparse per-token targets")
+    trust_remote_code: bool = Field(False, description="run the custom model code a folder's "
+                                                       "config.json names in auto_map")
 
     @model_validator(mode="after")
     def _kind_settings(self) -> "TeacherConfig":

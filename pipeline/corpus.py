@@ -39,7 +39,7 @@ def open_dataset(source: str, split: str = "train"):
     if not path.exists():
         raise ConfigError(f"{path} does not exist. Point it at a jsonl, csv, "
                           "parquet or text file, a folder of them, or a saved dataset.")
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+    if is_saved_dataset(path):
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
@@ -47,15 +47,28 @@ def open_dataset(source: str, split: str = "train"):
                                   f"{', '.join(loaded)}). Set corpus.split.")
             loaded = loaded[split]
         return loaded
+    files = data_files(path)
+    builder = BUILDERS[files[0].suffix]
+    options = {"delimiter": "\t"} if files[0].suffix == ".tsv" else {}
+    return datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train",
+                                 streaming=True, **options)
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists())
+
+
+def data_files(path: Path) -> list[Path]:
+    """The files of a corpus file or folder, all of one kind and not all empty (`datasets`
+    fails on an empty file with a bare StopIteration)."""
     files = sorted(p for p in path.iterdir() if p.suffix in BUILDERS) if path.is_dir() else [path]
     kinds = {BUILDERS.get(p.suffix) for p in files}
     if not files or None in kinds or len(kinds) != 1:
         raise ConfigError(f"cannot tell how to read {path}; use one kind of file "
                           f"among {', '.join(BUILDERS)} or a saved `datasets` directory")
-    builder = kinds.pop()
-    options = {"delimiter": "\t"} if files[0].suffix == ".tsv" else {}
-    return datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train",
-                                 streaming=True, **options)
+    if not any(p.stat().st_size for p in files):
+        raise ConfigError(f"{path} is empty; point corpus.path at a corpus with text")
+    return files
 
 
 def plan_corpus(cache: Cache, corpus: CorpusConfig, progress=None) -> Plan:

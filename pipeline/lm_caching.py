@@ -38,12 +38,13 @@ class CausalLMCache(TeacherCache):
         from transformers import AutoConfig, AutoTokenizer
 
         model_dir = self.identity.model_dir
-        vocab = AutoConfig.from_pretrained(model_dir, local_files_only=True).vocab_size
+        trusted = {"local_files_only": True, "trust_remote_code": self.config.trust_remote_code}
+        vocab = AutoConfig.from_pretrained(model_dir, **trusted).vocab_size
         lm = self.config.lm
         if lm.mode == "top-k" and lm.k > vocab:
             raise ConfigError(f"teachers[{self.config.name}].lm.k is {lm.k}, but {self.config.model} "
                               f"has a vocabulary of {vocab} tokens; use k <= {vocab}")
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, **trusted)
         ids = f"{id_dtype(vocab).name}"
         columns = {"sample_id": "int64", "input_ids": f"list<{ids}>", "truncated": "bool",
                    "next_logprob": "list<float16>"}

@@ -59,14 +59,15 @@ class LMShardOutput:
             np.ones(len(self.lengths), dtype=bool)
 
 
-def load_causal_lm(model_dir: Path, device: torch.device):
+def load_causal_lm(model_dir: Path, device: torch.device, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    trusted = {"local_files_only": True, "trust_remote_code": trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, **trusted)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"  # left padding would shift the positions of real tokens
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **trusted).to(device).eval()
     return model, tokenizer
 
 
@@ -76,7 +77,7 @@ class CausalLMRunner:
     def __init__(self, config: TeacherConfig, model_dir: Path):
         self.config = config
         self.device = pick_device(config.device)
-        self.model, self.tokenizer = load_causal_lm(model_dir, self.device)
+        self.model, self.tokenizer = load_causal_lm(model_dir, self.device, config.trust_remote_code)
         self.body = self.model.get_decoder()
         self.head = self.model.get_output_embeddings()
         self.vocab_size = self.head.weight.shape[0]

@@ -34,8 +34,7 @@ from distill.storage.columns import fixed_rows
 class PromptTeacherRunner(ClassificationRunner):
     """The classifier runner with the model's prompts: logits and prompt vectors per row."""
 
-    @staticmethod
-    def load_model(model_dir: Path) -> torch.nn.Module:
+    def load_model(self, model_dir: Path) -> torch.nn.Module:
         return ContinualStudent.load(model_dir)
 
     @torch.inference_mode()

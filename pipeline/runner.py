@@ -89,7 +89,8 @@ class ClassificationRunner:
 
         self.config = config
         self.device = pick_device(config.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
+                                                       trust_remote_code=config.trust_remote_code)
         self.model = self.load_model(model_dir).to(self.device).eval()
         self.num_labels = self.model.config.num_labels
         self._lock = threading.Lock()
@@ -99,11 +100,11 @@ class ClassificationRunner:
             self._projection = torch.from_numpy(projection_matrix(
                 width, config.features.project_to, config.features.seed)).to(self.device)
 
-    @staticmethod
-    def load_model(model_dir: Path) -> torch.nn.Module:
+    def load_model(self, model_dir: Path) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification
 
-        return AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_dir, local_files_only=True, trust_remote_code=self.config.trust_remote_code)
 
     def run(self, texts: list[str], seed: int = 0,
             on_rows: Callable[[int], None] | None = None) -> ShardOutput:

@@ -1,6 +1,7 @@
 """The `distill` command line, run in-process through typer's runner."""
 
 import json
+import time
 import uuid
 
 import numpy as np
@@ -10,6 +11,8 @@ from typer.testing import CliRunner
 import handmade
 import tiny
 from distill.flows.cli import app
+from distill.pipeline.config import load_config
+from distill.pipeline.preflight import check_inputs
 
 runner = CliRunner()
 
@@ -144,3 +147,59 @@ def test_gc_on_an_fsspec_url(project):
     assert not fs.exists(cache.teacher_dir(stale.teacher_id)) and not fs.exists(cache.plan_dir(plan.plan_id))
     assert fs.cat(f"{cache.root}/notes.txt") == b"keep"
     assert fs.cat(f"{cache.root.rsplit('/', 1)[0]}/outside.txt") == b"keep"
+
+
+def one_line_error(args: list[str]) -> str:
+    """Run a command that must stop at a user error: status 2 and one line, no traceback."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
+
+
+def test_a_missing_corpus_is_reported_before_prefect_starts(project):
+    config = project.config(corpus={"path": "nowhere.jsonl"})
+    started = time.monotonic()
+    line = one_line_error(["cache", str(config)])
+    assert time.monotonic() - started < 5  # no Prefect server was started for it
+    assert "corpus.path" in line and "nowhere.jsonl does not exist" in line
+    verbose = runner.invoke(app, ["cache", str(config), "-v"])
+    assert verbose.exit_code == 2 and "Traceback" in verbose.output
+
+
+def test_an_empty_corpus_is_one_line(project):
+    project.corpus.write_text("")
+    assert "is empty" in one_line_error(["cache", str(project.config())])
+
+
+def test_a_missing_model_folder_is_reported_before_prefect_starts(project):
+    config = project.config(teachers=[{"name": "a", "model": "./teacher-z"}])
+    assert "teacher-z does not exist" in one_line_error(["cache", str(config)])
+
+
+def test_custom_model_code_is_refused_unless_trusted(project):
+    settings = project.root / "teacher-a" / "config.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()),
+                                    "auto_map": {"AutoConfig": "custom.Config"}}))
+    line = one_line_error(["cache", str(project.config()), "--teacher", "a"])
+    assert "auto_map" in line and "teachers[a].trust_remote_code: true" in line
+    trusted = project.config(teachers=[{"name": "a", "model": "teacher-a", "trust_remote_code": True}])
+    check_inputs(load_config(trusted))  # allowed once the config says so
+
+
+def test_an_unknown_method_is_one_line(project):
+    assert "--method" in one_line_error(["train", str(project.config()), "--method", "nope"])
+
+
+def test_a_student_with_more_layers_than_its_teacher_is_one_line(project):
+    config = project.config(student={"from_teacher": "a", "layers": 99})
+    assert "student.layers: 99 exceeds" in one_line_error(["train", str(config)])
+
+
+@pytest.mark.parametrize("option", ["--plots", "--html"])
+def test_inspect_into_an_unwritable_path_is_one_line(tmp_path, option):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = one_line_error(["inspect", str(tmp_path), option, str(blocker / "out" / "report.html")])
+    assert option in line and "not a writable folder" in line

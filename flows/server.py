@@ -1,0 +1,113 @@
+"""The Prefect API server of one command, which dies with the command however it ends.
+
+Without PREFECT_API_URL, Prefect starts a server subprocess of its own and stops it from an
+atexit hook; SIGKILL and SIGTERM skip that hook and leave the server running. So a command
+starts the same server itself (Prefect's uvicorn command, on loopback and a free port) with
+PR_SET_PDEATHSIG, which makes the kernel kill it when the command dies, and points
+PREFECT_API_URL at it. Starting it before the heavy imports lets both proceed at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+PR_SET_PDEATHSIG = 1
+SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel SIGKILL the child when this process dies (Linux;
+    elsewhere None). The death signal follows the thread that starts the child, so start
+    long-lived children from the main thread."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork, not in the child
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ApiServer:
+    """Prefect's server in a child process; `wait` until it answers, `stop` when done."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        app_dir = Path(importlib.util.find_spec("prefect").origin).parent.parent
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+             "--log-level", "error", "--lifespan", "on"],
+            env={**os.environ, **SERVER_ENV}, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def wait(self, timeout: float) -> None:
+        """Block until the server's health check answers; RuntimeError if it exits or is late."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        with httpx.Client() as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the Prefect server exited with status "
+                                       f"{self.process.returncode} while starting")
+                try:
+                    if client.get(f"{self.api_url}/health").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError(f"the Prefect server did not answer within {timeout:.0f} s; raise "
+                           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or set PREFECT_API_URL")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextmanager
+def api_server() -> Iterator[None]:
+    """Within: a Prefect API for this process (and the subprocesses it starts). An API that is
+    already configured (PREFECT_API_URL, a profile, a test harness) is used as it is."""
+    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+                                  temporary_settings)
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    server = ApiServer()
+    try:
+        os.environ["PREFECT_API_URL"] = server.api_url  # for flow-run subprocesses
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            server.wait(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+            yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
