@@ -48,7 +48,8 @@ def test_each_method_has_its_own_run_folder_and_output_overrides_the_config(proj
     _assert_same(_weights(mean), before)                      # the mean student is untouched
     assert json.loads((mean / "report.json").read_text())["method"] == "mean"
     median = json.loads((project.root / "run" / "median" / "report.json").read_text())
-    assert median["method"] == "median" and median["student"] == str(project.root / "run" / "median" / "student")
+    assert median["method"] == "median"
+    assert median["student"] == str(project.root / "run" / "median" / "student")
     assert "not held out" in median["ensemble_agreement_on"]
     assert "ensemble_agreement: measured on the training corpus" in \
         (project.root / "run" / "median" / "report.md").read_text()
