@@ -325,7 +325,8 @@ def train_student(workdir: Path, setting: str, label: str, method: str, options:
             diagnostics[k] = float(np.mean([h[k] for h in last_epoch if k in h]))
     result = {"method": method, "options": options, "eval": report.get("eval", {}),
               "steps": report["steps"], "seconds": seconds, "last_epoch_means": diagnostics}
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)   # optimizer state: not needed after
+    # optimizer state: not needed after
+    shutil.rmtree(Path(report["output"]) / "checkpoints", ignore_errors=True)
     done.write_text(json.dumps({"key": key, "result": result}, indent=2) + "\n")
     acc = result["eval"].get("accuracy", float("nan"))
     log(setting, f"student {label}: test accuracy {acc:.4f} in {seconds:.0f} s")

@@ -129,10 +129,15 @@ def train(config: Path = typer.Argument(..., help="the YAML config"),
           method: Optional[str] = typer.Option(None, "--method", "-m", help="overrides train.method"),
           mode: Optional[str] = typer.Option(None, help="with `tasks`: overrides continual.mode "
                                                         "(prompts, finetune, joint)"),
-          resume: bool = typer.Option(False, help="continue from the latest checkpoint"),
+          resume: bool = typer.Option(False, help="continue from the latest checkpoint (made "
+                                      "with the same settings)"),
+          output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                help="overrides train.output (the run folder: "
+                                                     "one sub-folder per method)"),
           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    """Train the student from the teacher caches (label-free ensemble distillation); with
-    `tasks`, learn them in order (continual distillation) and print the task accuracy matrix."""
+    """Train the student from the teacher caches (label-free ensemble distillation) into
+    OUTPUT/METHOD; with `tasks`, learn them in order (continual distillation) and print the
+    task accuracy matrix."""
     _quiet_libraries(verbose)
     loaded = _checked(config, method=method, training=True)
     from distill.flows.progress import RichReporter, reporting
@@ -142,6 +147,7 @@ def train(config: Path = typer.Argument(..., help="the YAML config"),
     from distill.storage.records import CacheError
 
     try:
+        loaded = _with_output(loaded, output)
         if loaded.tasks:
             from distill.flows.training import train_continual_student
 
@@ -165,6 +171,23 @@ def train(config: Path = typer.Argument(..., help="the YAML config"),
     except PermissionError as e:
         _denied(loaded.cache, e)
     print_train_summary(summary, console)
+    if "student" in summary:
+        console.print(f"student written to {summary['student']} (report: "
+                      f"{Path(summary['output']) / 'report.md'})", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"not finished: the checkpoints are in {Path(summary['output']) / 'checkpoints'}; "
+                      "continue with --resume", highlight=False, soft_wrap=True)
+
+
+def _with_output(config, output: Path | None):
+    """`--output`: the run folder instead of the config's train.output (relative paths from the
+    current directory, as for any command-line path)."""
+    if output is None:
+        return config
+    from distill.pipeline.config import TrainConfig
+
+    train = (config.train or TrainConfig()).model_copy(update={"output": str(output.resolve())})
+    return config.model_copy(update={"train": train})
 
 
 @app.command()

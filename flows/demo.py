@@ -102,16 +102,18 @@ def run_demo(workdir: Path, console: Console, methods: list[str] | None = None) 
         for config in (pool_config, test_config):
             print_cache_summary(cache_teachers(str(config)), str(workdir / "cache"), console)
     console.rule("[bold]3/4 students: teacher a cut to 3 layers, trained from the pool cache, one per method")
-    results = {}
+    results, students = {}, {}
     for method in methods or list(METHODS):
         config = write_config(workdir, teachers, "pool", method)
         with reporting(RichReporter(console)):
-            results[method] = train_student(str(config))["eval"]
-        console.print(f"student {method}: test accuracy {results[method]['accuracy']:.3f}")
+            trained = train_student(str(config))
+        results[method], students[method] = trained["eval"], trained["student"]
+        console.print(f"student {method}: test accuracy {results[method]['accuracy']:.3f} "
+                      f"({students[method]})")
     console.rule("[bold]4/4 results on the WordNet-12 test set (1,200 documents)")
     scores = test_accuracy(test_config)
     from transformers import AutoConfig
-    ratio = flops_ratio(AutoConfig.from_pretrained(workdir / "students" / next(iter(results)) / "student"),
+    ratio = flops_ratio(AutoConfig.from_pretrained(next(iter(students.values()))),
                         [AutoConfig.from_pretrained(p) for p in teachers.values()])
     table = Table("model", "test accuracy", "÷ ensemble", "agreement with ensemble (pool)",
                   title=f"WordNet-12, label-free distillation (student FLOPs ÷ ensemble FLOPs = {ratio:.3f})")

@@ -20,13 +20,15 @@ def progress_for(method: str) -> Progress:
 @flow(name="train-student")
 def train_student(config: str | DistillConfig, method: str | None = None,
                   resume: bool = False) -> dict:
-    """Stream the caches, ensemble the teachers with `method`, save student and report, and
-    publish the report (metrics table, loss curve) as Prefect artifacts."""
+    """Stream the caches, ensemble the teachers with `method`, save student and report into
+    train.output/METHOD, and publish the report (metrics table, loss curve) as Prefect
+    artifacts."""
     config = config if isinstance(config, DistillConfig) else load_config(config)
     name = method or (config.train.method if config.train else "mean")
     report = train(config, method=method, resume=resume, progress=progress_for(name))
     publish_training(report)
-    get_run_logger().info("student %s: %s", name, report.get("eval"))
+    get_run_logger().info("student %s: %s, in %s", name, report.get("eval"),
+                          report.get("student", f"{report['output']} (not finished)"))
     return {k: v for k, v in report.items() if k not in ("history", "config")}
 
 

@@ -3,12 +3,14 @@
 The loop runs on accelerate (one process, DDP over processes/GPUs/nodes, mixed precision where
 the device has it). Teachers are never loaded: everything they contribute comes from the cache.
 A checkpoint holds the model, optimizer, scheduler and RNG states (accelerate's `save_state`)
-plus our cursor (epoch, batch, step), so a resumed run ends with the same weights.
+plus our cursor (epoch, batch, step), so a resumed run ends with the same weights
+(pipeline/checkpoints.py). Each method's run has its own folder, `train.output/METHOD`, so
+trying another method never replaces a student.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,8 +20,9 @@ from typing import Callable
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from distill.pipeline import checkpoints
 from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig
-from distill.pipeline.evaluate import evaluate
+from distill.pipeline.evaluate import AGREEMENT_ROWS, evaluate
 from distill.pipeline.features import FeatureDistiller, feature_widths
 from distill.pipeline.labels import LabelSpace, build_label_space
 from distill.pipeline.methods import make_method
@@ -30,6 +33,8 @@ from distill.pipeline.teacher import fingerprint, identify, resolve_model_dir
 from distill.storage.aligned import AlignedCache
 from distill.storage.cache import Cache
 from distill.storage.records import CacheError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +54,7 @@ class Cursor:
     seen_rows: int = 0          # this epoch, this rank: rows with weight 1
     seen_id_sum: int = 0        # their sample ids summed mod 2**64: an audit of "each row once"
     coverage: list = field(default_factory=list)
+    train_seconds: float = 0.0  # all legs of the run before this one (resumes add up)
 
     def see(self, batch) -> None:
         real = batch.sample_ids[batch.weights.numpy() > 0].astype("uint64")
@@ -206,17 +212,39 @@ def classification_recipe(config: DistillConfig, aligned: AlignedCache, method: 
                   loss=lambda m, batch, device: distill_loss(m, tokenizer, ensemble, batch, device,
                                                              config.student.max_length, features),
                   evaluate=lambda student: evaluate(student, tokenizer, config, stream, labels),
-                  report={"labels": labels.labels},
+                  report={"labels": labels.labels, "ensemble_agreement_on":
+                          f"the training corpus {config.corpus.path} (its first {AGREEMENT_ROWS} "
+                          "rows or so, the student's own training rows: not held out)"},
                   on_prepare=features.prepare if features else (lambda accelerator: None))
+
+
+def run_folder(config: DistillConfig, method: str) -> Path:
+    """Where a method's student, report and checkpoints go: `train.output` holds one run per
+    method, so `--method median` next to a mean run leaves the mean student alone."""
+    return Path((config.train or TrainConfig()).output) / method
+
+
+def run_settings(config: DistillConfig, method: str, aligned: AlignedCache, processes: int) -> dict:
+    """Everything that decides a run's schedule and weights: a checkpoint made with other
+    settings cannot be resumed by this run. Where checkpoints go and how often are not among
+    them."""
+    train_cfg = config.train or TrainConfig()
+    return {"method": method, "teacher_ids": [m.teacher_id for m in aligned.manifests],
+            "plan_id": aligned.plan.plan_id, "processes": processes,
+            "student": config.student.model_dump(mode="json") if config.student else None,
+            "calibration": [t.calibration.model_dump(mode="json") if t.calibration else None
+                            for t in config.teachers],
+            "train": train_cfg.model_dump(mode="json", exclude={"method", "output", "checkpoint_every"})}
 
 
 def train(config: DistillConfig, *, method: str | None = None, resume: bool = False,
           max_steps: int | None = None, progress: Progress | None = None) -> dict:
-    """Train, checkpoint, evaluate and save the student; returns the report.
+    """Train, checkpoint, evaluate and save the student into `run_folder`; returns the report.
 
     `max_steps` stops early after that many optimizer steps (with a checkpoint), as an
-    interrupted run would; `resume=True` continues from the latest checkpoint. Causal-LM
-    teachers get the token-level recipe of `pipeline.lm_trainer`, the rest the classifier one.
+    interrupted run would; `resume=True` continues from the latest checkpoint made with the
+    same settings. Causal-LM teachers get the token-level recipe of `pipeline.lm_trainer`, the
+    rest the classifier one.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -224,12 +252,15 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
     train_cfg = config.train or TrainConfig()
     method_name = method or train_cfg.method
     progress = progress or Progress()
-    out = Path(train_cfg.output)
+    out = run_folder(config, method_name)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               mixed_precision=_mixed_precision(train_cfg.mixed_precision),
                               gradient_accumulation_steps=train_cfg.grad_accumulation)
     set_seed(train_cfg.seed)
     aligned = open_caches(config)
+    folder = out / "checkpoints"
+    if not resume:
+        _start_over(accelerator, folder, method_name)
     if any(t.kind == "causal-lm" for t in config.teachers):
         from distill.pipeline.lm_trainer import lm_recipe
 
@@ -244,12 +275,16 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
     model, optimizer, scheduler = accelerator.prepare(recipe.model, optimizer, scheduler)
     recipe.on_prepare(accelerator)
 
-    cursor = Cursor()
-    checkpoints = out / "checkpoints"
-    if resume:
-        cursor = _load_checkpoint(accelerator, checkpoints) or cursor
-    progress.start(total)
+    settings = run_settings(config, method_name, aligned, accelerator.num_processes)
+    cursor = Cursor(**checkpoints.load(accelerator, folder, settings)) if resume else Cursor()
     started = time.perf_counter()
+
+    def save_checkpoint() -> None:
+        elapsed = cursor.train_seconds + time.perf_counter() - started
+        checkpoints.save(accelerator, folder, {**cursor.__dict__, "train_seconds": elapsed},
+                         settings, finished=cursor.epoch >= train_cfg.epochs)
+
+    progress.start(total)
     model.train()
     done = False
     for epoch in range(cursor.epoch, train_cfg.epochs):
@@ -270,7 +305,7 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
                 cursor.history.append({"step": cursor.step, **metrics})
                 progress.step(cursor.step, metrics)
                 if train_cfg.checkpoint_every and cursor.step % train_cfg.checkpoint_every == 0:
-                    _save_checkpoint(accelerator, checkpoints, cursor)
+                    save_checkpoint()
                 if max_steps is not None and cursor.step >= max_steps:
                     done = True
                     break
@@ -278,17 +313,19 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
             break
         cursor.close_epoch(accelerator)
         cursor.epoch, cursor.batch = epoch + 1, 0
-    _save_checkpoint(accelerator, checkpoints, cursor)
+    save_checkpoint()
     finished = cursor.epoch >= train_cfg.epochs
     report = {"method": method_name, "teachers": [m.name for m in aligned.manifests],
               "teacher_ids": [m.teacher_id for m in aligned.manifests], "plan_id": aligned.plan.plan_id,
               **recipe.report, "steps": cursor.step, "finished": finished,
-              "train_seconds": time.perf_counter() - started, "processes": accelerator.num_processes,
+              "train_seconds": cursor.train_seconds + time.perf_counter() - started,
+              "processes": accelerator.num_processes, "output": str(out),
               "config": config.model_dump(mode="json", exclude={"source"}),
               "coverage": cursor.coverage, "history": cursor.history}
     if finished and accelerator.is_main_process:
         student = accelerator.unwrap_model(model).eval()
         report["eval"] = recipe.evaluate(student)
+        report["student"] = str(out / "student")
         _save_student(student, recipe.tokenizer, out, report)
     accelerator.wait_for_everyone()
     # Leave the process group before the interpreter exits: without it, in two launchers of the
@@ -297,6 +334,26 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
     # failure; 0 of 6 with it. A no-op in one process.
     accelerator.end_training()
     return report
+
+
+def _start_over(accelerator, folder: Path, method: str) -> None:
+    """A new run (no --resume) replaces a finished run of the same method, with a warning, and
+    removes its checkpoints so the two never mix; an unfinished one is kept: it is refused."""
+    found = checkpoints.complete(folder)
+    if not found:
+        return
+    state = checkpoints.latest_state(folder)
+    if state is None or not state.get("finished"):
+        raise checkpoints.ResumeError(
+            f"{folder.parent} holds an unfinished {method} run (checkpoint {found[-1].name}); "
+            "continue it with --resume, or give this run another --output (delete that folder "
+            "to start over)")
+    log.warning("replacing the finished %s run in %s (a new run was asked for, not --resume)",
+                method, folder.parent)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(folder)
+    accelerator.wait_for_everyone()
 
 
 def _feature_term(train_cfg: TrainConfig, model, source: Path, aligned: AlignedCache) -> FeatureTerm | None:
@@ -309,24 +366,6 @@ def _feature_term(train_cfg: TrainConfig, model, source: Path, aligned: AlignedC
     distiller = FeatureDistiller(model.config.hidden_size, widths, consensus=cfg.consensus,
                                  tau=cfg.tau, distance=cfg.distance)
     return FeatureTerm(distiller, cfg.layer, cfg.weight)
-
-
-def _save_checkpoint(accelerator, folder: Path, cursor: Cursor) -> None:
-    target = folder / f"step-{cursor.step:08d}"
-    accelerator.save_state(str(target))
-    if accelerator.is_main_process:
-        (target / "cursor.json").write_text(json.dumps(cursor.__dict__))
-        for old in sorted(folder.glob("step-*"))[:-2]:  # keep the last two
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _load_checkpoint(accelerator, folder: Path) -> Cursor | None:
-    done = [p for p in sorted(folder.glob("step-*")) if (p / "cursor.json").exists()]
-    if not done:
-        return None
-    accelerator.load_state(str(done[-1]))
-    return Cursor(**json.loads((done[-1] / "cursor.json").read_text()))
 
 
 def _save_student(model, tokenizer, out: Path, report: dict) -> None:

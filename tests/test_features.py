@@ -85,7 +85,7 @@ def test_training_with_cached_token_features(project, consensus):
     assert "features/similarity/1" not in history[0]          # teacher b cached no features
     first, last = history[0]["features/similarity/0"], history[-1]["features/similarity/0"]
     assert last > first + 0.2, (first, last)                  # the projector learns the teacher's space
-    assert report["finished"] and (project.root / "run" / "student" / "config.json").exists()
+    assert report["finished"] and (project.root / "run" / "mean" / "student" / "config.json").exists()
 
 
 @pytest.mark.usefixtures("prefect")

@@ -78,8 +78,8 @@ def test_cache_writes_sparse_token_columns_and_train_distils(lm_project):
 
     result = CliRunner().invoke(app, ["train", str(path)])
     assert result.exit_code == 0, result.output
-    report = json.loads((lm_project / "run" / "report.json").read_text())
-    student = AutoModelForCausalLM.from_pretrained(lm_project / "run" / "student")
+    report = json.loads((lm_project / "run" / "govern" / "report.json").read_text())
+    student = AutoModelForCausalLM.from_pretrained(lm_project / "run" / "govern" / "student")
     assert student.config.num_hidden_layers == 2
     ev = report["eval"]
     assert report["temperature"] == 1.0 and report["eval_on"] == "eval"

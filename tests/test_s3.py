@@ -151,8 +151,8 @@ def test_training_streams_from_s3_and_equals_training_from_a_local_copy(s3_proje
     local.cache, local.train.output = str(copy), str(project.root / "run-local")
     assert train(local)["coverage"] == report["coverage"]
     assert report["steps"] == 12 and report["finished"]
-    from_s3 = load_file(project.root / "run-s3" / "student" / "model.safetensors")
-    from_copy = load_file(project.root / "run-local" / "student" / "model.safetensors")
+    from_s3 = load_file(project.root / "run-s3" / "mean" / "student" / "model.safetensors")
+    from_copy = load_file(project.root / "run-local" / "mean" / "student" / "model.safetensors")
     assert from_s3.keys() == from_copy.keys()
     for name in from_s3:
         torch.testing.assert_close(from_copy[name], from_s3[name], rtol=0, atol=0)

@@ -235,7 +235,7 @@ def test_serve_on_a_real_server_trains_by_itself_when_the_caches_complete(projec
         assert trained["parameters"] == {"config": str(Path(config.source).resolve()), "method": "mean"}
         assert trained["created_by"]["type"] == "AUTOMATION"
         assert trained["start_time"] >= cached["end_time"]
-        report = json.loads((project.root / "run" / "report.json").read_text())
+        report = json.loads((project.root / "run" / "mean" / "report.json").read_text())
         assert report["finished"] and report["method"] == "mean"
 
         # A second caching run finds nothing to do: no new training run.

@@ -52,7 +52,7 @@ def _plan_audit(project):
 def test_train_saves_student_report_and_sees_every_row_once(project):
     config = load_config(_config(project))
     report = train(config)
-    out = project.root / "run"
+    out = project.root / "run" / "mean"
     student = AutoModelForSequenceClassification.from_pretrained(out / "student")
     assert student.config.num_hidden_layers == 1 and student.config.num_labels == 4
     saved = json.loads((out / "report.json").read_text())
@@ -69,13 +69,13 @@ def test_stopped_and_resumed_run_ends_with_the_same_weights(project):
     path = _config(project, checkpoint_every=2)
     config = load_config(path)
     train(config)
-    whole = load_file(project.root / "run" / "student" / "model.safetensors")
+    whole = load_file(project.root / "run" / "mean" / "student" / "model.safetensors")
     config.train.output = str(project.root / "run2")
     partial = train(config, max_steps=5)
     assert partial["steps"] == 5 and not partial["finished"]
     resumed = train(config, resume=True)
     assert resumed["steps"] == 12 and resumed["finished"]
-    again = load_file(project.root / "run2" / "student" / "model.safetensors")
+    again = load_file(project.root / "run2" / "mean" / "student" / "model.safetensors")
     assert whole.keys() == again.keys()
     for name in whole:
         torch.testing.assert_close(again[name], whole[name], rtol=0, atol=0)
@@ -102,7 +102,7 @@ def test_cli_train_with_method_override_publishes_its_report(project):
     path = _config(project, epochs=1)
     result = CliRunner().invoke(app, ["train", str(path), "--method", "median"])
     assert result.exit_code == 0, result.output
-    saved = json.loads((project.root / "run" / "report.json").read_text())
+    saved = json.loads((project.root / "run" / "median" / "report.json").read_text())
     assert saved["method"] == "median"
     metrics_key, report_key = training_keys("median")
     metrics = {r["metric"]: r["value"] for r in json.loads(Artifact.get(metrics_key).data)}
@@ -123,7 +123,7 @@ def test_accelerate_launch_two_cpu_processes_split_every_epoch(project):
            "-m", "distill.flows.cli", "train", str(path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((project.root / "run" / "report.json").read_text())
+    report = json.loads((project.root / "run" / "mean" / "report.json").read_text())
     assert report["processes"] == 2
     rows, id_sum = _plan_audit(project)
     for epoch in report["coverage"]:
