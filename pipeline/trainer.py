@@ -22,6 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from distill.pipeline import checkpoints
 from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig
+from distill.pipeline.corpus import corpus_plan_id
 from distill.pipeline.evaluate import AGREEMENT_ROWS, evaluate
 from distill.pipeline.features import FeatureDistiller, feature_widths
 from distill.pipeline.labels import LabelSpace, build_label_space
@@ -110,29 +111,38 @@ def distill_loss(model, tokenizer, method, batch: Batch, device, max_length: int
 
 def open_caches(config: DistillConfig) -> AlignedCache:
     """The complete caches that the config's teachers, with their current weights and settings,
-    wrote over the config's corpus: found by the teacher id the caching flow gives them, so a
-    cache written with other settings under the same name (say, without features) is not used."""
+    wrote over the config's corpus AS IT IS NOW: the plan is found by the fingerprint of the
+    corpus's content (one pass over its text), never by its path, so a corpus edited in place
+    is a different corpus and caches of its old version are refused, not used. Teachers are
+    found by the id the caching flow gives them, so a cache written with other settings under
+    the same name (say, without features) is not used either."""
     cache = Cache(config.cache)
-    plans = sorted(AlignedCache.plans_for(cache, config.corpus.path, config.corpus.rows_per_shard))
-    if not plans:
-        raise CacheError(f"{config.source}: no cache of corpus {config.corpus.path} (rows_per_shard "
-                         f"{config.corpus.rows_per_shard}) in {cache.location}; run `distill cache "
-                         f"{config.source}` first")
-    expected = {p: [identify(t, p, f"{config.source}: teachers[{t.name}]").teacher_id
-                    for t in config.teachers] for p in plans}
-    complete = [p for p, ids in expected.items()
-                if all((m := cache.find_manifest(i)) is not None and m.complete for i in ids)]
-    if len(complete) > 1:
-        raise CacheError(f"{config.source}: the teachers have complete caches over several versions of "
-                         f"corpus {config.corpus.path} (plans {', '.join(complete)}); delete the stale "
-                         f"corpora/<plan> folder in {cache.location} or give the new corpus a new path")
-    plan = complete[0] if complete else plans[-1]
-    missing = [t.name for t, i in zip(config.teachers, expected[plan]) if cache.find_manifest(i) is None]
+    corpus = config.corpus
+    plan = corpus_plan_id(corpus)
+    if cache.find_plan(plan) is None:
+        raise CacheError(_no_plan_message(config, cache, plan))
+    expected = [identify(t, plan, f"{config.source}: teachers[{t.name}]").teacher_id
+                for t in config.teachers]
+    missing = [t.name for t, i in zip(config.teachers, expected) if cache.find_manifest(i) is None]
     if missing:
         raise CacheError(f"{config.source}: no cache of teacher(s) {', '.join(missing)} with the "
-                         f"config's current weights and settings over corpus {config.corpus.path}; "
-                         f"run `distill cache {config.source}` first")
-    return AlignedCache(cache, expected[plan], plan_ids={plan})
+                         f"config's current weights and settings over corpus {corpus.path} (plan "
+                         f"{plan}); run `distill cache {config.source}` first")
+    return AlignedCache(cache, expected, plan_ids={plan})
+
+
+def _no_plan_message(config: DistillConfig, cache: Cache, current: str) -> str:
+    """Why there is no cache of this corpus: never cached, or cached before it changed."""
+    corpus = config.corpus
+    stale = sorted(AlignedCache.plans_for(cache, corpus.path, corpus.rows_per_shard))
+    if stale:
+        folders = ", ".join(f"corpora/{p}" for p in stale)
+        return (f"{config.source}: corpus {corpus.path} changed since it was cached: the cache "
+                f"holds {folders} (stale) but its current content is plan {current}, which was "
+                f"never cached; run `distill cache {config.source}` (and `distill gc` to remove "
+                "the stale caches)")
+    return (f"{config.source}: no cache of corpus {corpus.path} (rows_per_shard "
+            f"{corpus.rows_per_shard}) in {cache.location}; run `distill cache {config.source}` first")
 
 
 def label_space(config: DistillConfig, aligned: AlignedCache) -> LabelSpace:

@@ -143,3 +143,23 @@ def test_a_manifest_moved_to_another_folder_is_refused(project, trained_config):
     (moved / "manifest.json").write_bytes((Path(cache.teacher_dir(m.teacher_id)) / "manifest.json").read_bytes())
     with pytest.raises(CacheError, match="lies in folder 0123456789abcdef"):
         cache.manifests()
+
+
+def test_train_refuses_the_cache_of_a_corpus_edited_in_place(project, trained_config):
+    """Plans are bound to content: the same path with other text is another corpus."""
+    cache = Cache(project.cache)
+    (old,) = cache.plan_ids()
+    rows = [json.loads(line) for line in project.corpus.read_text().splitlines()]
+    rows[7]["text"] = "the red fish sleeps"  # one row edited, the file keeps its name
+    tiny.write_jsonl(project.corpus, rows)
+    result = runner.invoke(app, ["train", str(trained_config)])
+    assert result.exit_code == 2, result.output
+    out = " ".join(result.output.split())
+    assert "changed since it was cached" in out and f"corpora/{old} (stale)" in out
+    assert "distill cache" in out and not (project.root / "run").exists()
+    cache_teachers(str(trained_config))  # the fix it names
+    (current,) = set(cache.plan_ids()) - {old}
+    result = runner.invoke(app, ["train", str(trained_config)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(next((project.root / "run").glob("*/report.json")).read_text())
+    assert report["plan_id"] == current
