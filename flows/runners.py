@@ -113,10 +113,13 @@ def _ray(runner: RunnerConfig, where: str):
                 _in_keeper(ray.init, num_cpus=runner.workers, include_dashboard=False,
                            _temp_dir=temp_dir)
             _clusters.callback(ray.shutdown)
-    try:  # Ray checks its options only when the first shard is submitted
-        ray.remote(**runner.shard_resources)(lambda: None)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: runner.shard_resources: {e}") from None
+    # Ray checks its options only when the first shard is submitted; `ray.remote()` with no
+    # options at all is an AssertionError of its own, so only given options are checked.
+    if runner.shard_resources:
+        try:
+            ray.remote(**runner.shard_resources)(lambda: None)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: runner.shard_resources: {e}") from None
 
     if ray.cluster_resources().get("GPU") and not runner.shard_resources.get("num_gpus"):
         get_run_logger().warning(

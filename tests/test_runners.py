@@ -159,7 +159,7 @@ def test_cluster_runner_writes_the_thread_runners_bytes(project, kind, monkeypat
     baseline = _shard_files(project.cache)
     assert len(baseline) == 6
     config = with_runner(load_config(project.config(cache="cluster-cache")), kind=kind,
-                         workers=2, shard_resources={"num_cpus": 1} if kind == "ray" else {})
+                         workers=2)  # the defaults: no shard_resources
 
     def not_here(self, *args):
         raise AssertionError("a teacher was loaded in the flow process, not in a worker")
