@@ -28,11 +28,12 @@ def print_rows(result: pa.Table, console: Console) -> None:
 
 
 def print_cache_summary(summaries: list[dict], cache: str, console: Console) -> None:
-    table = Table("teacher", "teacher id", "rows", "shards", "computed", "recomputed", "MiB",
-                  title=f"cache {cache}")
+    table = Table("teacher", "teacher id", "rows", "shards", "computed", "recomputed",
+                  "reused", "MiB", title=f"cache {cache}")
     for s in summaries:
         table.add_row(s["teacher"], s["teacher_id"], f"{s['rows']:,}", str(s["shards"]),
-                      str(s["computed"]), str(s["recomputed"]), f"{s['bytes'] / 2**20:.2f}")
+                      str(s["computed"]), str(s["recomputed"]), str(s.get("reused", 0)),
+                      f"{s['bytes'] / 2**20:.2f}")
     console.print(table)
 
 

@@ -24,7 +24,7 @@ from distill.pipeline.teacher import TeacherIdentity, identify, is_prompt_based
 from distill.storage import FORMAT_VERSION, code_version
 from distill.storage.cache import Cache
 from distill.storage.columns import fixed_rows, ragged_rows
-from distill.storage.records import Plan, ShardEntry, TeacherManifest
+from distill.storage.records import CacheError, Plan, ShardEntry, TeacherManifest
 
 
 class NonFiniteOutput(ValueError):
@@ -125,6 +125,50 @@ class TeacherCache(ABC):
                 problems.append(problem)
         return todo, problems
 
+    def reuse(self, todo: list[int]) -> list[int]:
+        """Publish the shards of `todo` that this same teacher (same weights, same settings)
+        already computed over the same rows for another plan, and return the ones still to
+        compute. A corpus that grows by appending gets a new plan whose leading shards hold the
+        same rows at the same places: their text shards are byte-identical, so the text shard's
+        sha256 identifies the rows, and the teacher's output for them is copied (verified as it
+        is read, with this cache's ids written into its metadata) instead of recomputed."""
+        donors = self._donors()
+        left = []
+        for index in todo:
+            donor = donors.get((index, self.plan.shards[index].sha256))
+            if donor is None:
+                left.append(index)
+            else:
+                self._adopt(index, *donor)
+        return left
+
+    def _donors(self) -> dict[tuple[int, str], tuple[str, ShardEntry]]:
+        """(shard index, text shard sha256) -> (teacher id, entry) over the complete caches of
+        this teacher on other plans."""
+        found = {}
+        for m in self.cache.manifests():
+            same = (m.teacher_id != self.teacher_id and m.complete
+                    and m.fingerprint == self.identity.fingerprint
+                    and all(m.settings.get(k) == v for k, v in self.identity.settings.items()))
+            plan = self.cache.find_plan(m.plan_id) if same else None
+            if plan is None:
+                continue
+            for entry in m.shards:
+                if entry.index < len(plan.shards):
+                    found[(entry.index, plan.shards[entry.index].sha256)] = (m.teacher_id, entry)
+        return found
+
+    def _adopt(self, index: int, donor: str, entry: ShardEntry) -> ShardEntry:
+        table = self.cache.read_shard(donor, entry)
+        ids = self.cache.read_text_shard(self.plan, index).column("sample_id")
+        if not table.column("sample_id").equals(ids):
+            raise CacheError(f"teacher cache {donor} shard {index}: its sample ids differ from plan "
+                             f"{self.plan.plan_id}'s although their rows hash alike; delete "
+                             f"{self.cache.teacher_dir(donor)} and re-run `distill cache`")
+        return self.cache.write_shard(self.teacher_id, index, self._with_metadata(table, index),
+                                      compression=self.compression, first_row=entry.first_row,
+                                      truncated=entry.truncated, nonfinite=entry.nonfinite)
+
     def compute(self, index: int, on_rows: Callable[[int], None] | None = None) -> ShardEntry:
         """Run the teacher over plan shard `index` and publish the result."""
         text = self.cache.read_text_shard(self.plan, index)
@@ -152,7 +196,9 @@ class TeacherCache(ABC):
         return self.seed_base() * 100_003 + index
 
     def _table(self, ids: pa.ChunkedArray, output, valid: np.ndarray, index: int) -> pa.Table:
-        table = pa.table({"sample_id": ids, **self.columns(output, valid)})
+        return self._with_metadata(pa.table({"sample_id": ids, **self.columns(output, valid)}), index)
+
+    def _with_metadata(self, table: pa.Table, index: int) -> pa.Table:
         meta = {"teacher_id": self.teacher_id, "plan_id": self.plan.plan_id, "shard": index,
                 "name": self.config.name, "format_version": FORMAT_VERSION,
                 "settings": self.identity.settings, "fingerprint": self.identity.fingerprint}

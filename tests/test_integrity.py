@@ -163,3 +163,28 @@ def test_train_refuses_the_cache_of_a_corpus_edited_in_place(project, trained_co
     assert result.exit_code == 0, result.output
     report = json.loads(next((project.root / "run").glob("*/report.json")).read_text())
     assert report["plan_id"] == current
+
+
+def test_a_grown_corpus_reuses_every_unchanged_shard(project, trained_config):
+    """Append 10 % more rows and re-cache: each teacher computes only the changed last shard and
+    the new ones; every row is there exactly once; the earlier cache's files are untouched."""
+    cache = Cache(project.cache)
+    before = {p: p.read_bytes() for p in project.cache.rglob("*") if p.is_file()}
+    old_plan = cache.load_plan(cache.plan_ids()[0])
+    tiny.write_jsonl(project.corpus, [{"text": t} for t in tiny.sentences(66, seed=6)])  # 60 + 6
+    summaries = cache_teachers(str(trained_config))
+    assert [(s["computed"], s["reused"]) for s in summaries] == [(1, 3), (1, 3)]
+    (new_plan,) = [cache.load_plan(p) for p in cache.plan_ids() if p != old_plan.plan_id]
+    assert new_plan.rows == 66 and len(new_plan.shards) == 4
+    plan_ids = sorted(i for s in range(4) for i in cache.read_text_shard(new_plan, s)
+                      .column("sample_id").to_pylist())
+    for s in summaries:
+        manifest = cache.load_manifest(s["teacher_id"])
+        ids = sorted(i for e in manifest.shards
+                     for i in cache.read_shard(s["teacher_id"], e).column("sample_id").to_pylist())
+        assert ids == plan_ids  # every row exactly once
+        meta = json.loads(cache.read_shard(s["teacher_id"], 0).schema.metadata[b"distill"])
+        assert (meta["teacher_id"], meta["plan_id"]) == (s["teacher_id"], new_plan.plan_id)
+    assert all(p.read_bytes() == data for p, data in before.items())  # earlier files byte-identical
+    result = runner.invoke(app, ["train", str(trained_config)])
+    assert result.exit_code == 0, result.output
