@@ -113,9 +113,11 @@ class TeacherCache(ABC):
         return self.cache.start_teacher(manifest)
 
     def pending(self, verify: bool = True) -> tuple[list[int], list[str]]:
-        """Shards still to compute: never published, or published but truncated/corrupt."""
-        entries = self.cache.published_shards(self.teacher_id)
-        todo, problems = [], []
+        """Shards still to compute: never published, or published but truncated/corrupt (or
+        with an entry that is not valid)."""
+        broken: list[str] = []
+        entries = self.cache.published_shards(self.teacher_id, broken)
+        todo, problems = [], [f"{path} is not a valid shard entry" for path in broken]
         for index in range(len(self.plan.shards)):
             entry = entries.get(index)
             problem = None if entry is None else self.cache.shard_problem(self.teacher_id, entry, verify)

@@ -49,9 +49,9 @@ class Cache:
         """`found` (or None), after checking that the record is the one its folder names:
         readers build every further path from the record's own ids."""
         if found is not None and getattr(found, key) != value:
-            raise CacheError(f"{path} records {key} {getattr(found, key)} but lies in folder "
-                             f"{value}; it was moved or edited by hand: delete the folder and "
-                             "re-run `distill cache CONFIG`")
+            raise CacheError(f"{path} records {key} {getattr(found, key)} where {value} belongs; "
+                             "it was moved or edited by hand: delete it and re-run "
+                             "`distill cache CONFIG`")
         return found
 
     def _ids_with(self, folder: str, marker: str) -> list[str]:
@@ -122,21 +122,38 @@ class Cache:
         return [self.load_manifest(t) for t in self.teacher_ids()]
 
     def start_teacher(self, manifest: TeacherManifest) -> TeacherManifest:
-        """Record a teacher cache before its first shard, or return the one already there."""
-        existing = self.find_manifest(manifest.teacher_id)
+        """Record a teacher cache before its first shard, or return the one already there. A
+        damaged manifest is replaced: it holds nothing that the config and the published shard
+        entries do not (`finalize` writes the shard list again)."""
+        try:
+            existing = self.find_manifest(manifest.teacher_id)
+        except CacheError:
+            existing = None
         if existing is not None:
             return existing
         publish_bytes(self.fs, join(self.teacher_dir(manifest.teacher_id), "manifest.json"),
                       manifest.to_json())
         return manifest
 
-    def published_shards(self, teacher_id: str) -> dict[int, ShardEntry]:
-        """Shards whose entry is recorded (not yet checked against their file)."""
+    def published_shards(self, teacher_id: str, broken: list[str] | None = None) -> dict[int, ShardEntry]:
+        """Shards whose entry is recorded (not yet checked against their file). An entry that
+        is not valid raises, or, given a `broken` list, is added to it and left out (a writer
+        recomputes that shard)."""
         paths = self.fs.glob(join(self.teacher_dir(teacher_id), "shard-*.json"))
         # One call for all of them: object stores fetch the entries concurrently.
         found = self.fs.cat(paths) if paths else {}
-        entries = [ShardEntry.from_json(data, path) for path, data in sorted(found.items())]
-        return {entry.index: entry for entry in entries}
+        entries = {}
+        for path, data in sorted(found.items()):
+            try:
+                entry = self._named(ShardEntry.from_json(data, path), "file",
+                                    os.path.basename(path).replace(".json", ".arrow"), path)
+            except CacheError:
+                if broken is None:
+                    raise
+                broken.append(path)
+                continue
+            entries[entry.index] = entry
+        return entries
 
     def shard_problem(self, teacher_id: str, entry: ShardEntry, checksum: bool = True) -> str | None:
         """Why a published shard cannot be trusted (missing, truncated, corrupt), or None."""

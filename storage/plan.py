@@ -53,7 +53,10 @@ def build_plan(cache, rows: Iterable[tuple[int, object]], *, source: str, text_c
                              f"({skipped.empty} empty, {skipped.non_string} non-string rows)")
         fingerprint = fingerprint.hexdigest()
         plan_id = _plan_id(fingerprint, rows_per_shard)
-        existing = cache.find_plan(plan_id)
+        try:
+            existing = cache.find_plan(plan_id)
+        except CacheError:  # a damaged plan.json: written anew below, from the rows just read
+            existing = None
         if existing is not None:
             _repair_text_shards(cache, existing, local.files)
             return existing

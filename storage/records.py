@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # Names read from these records become paths under the cache root, so they are plain names:
 # no separators, no `..`, nothing absolute (a hand-edited manifest cannot point outside).
@@ -62,6 +62,12 @@ class ShardEntry(Record):
     first_row: int = 0
     truncated: int = 0
     nonfinite: int = 0
+
+    @model_validator(mode="after")
+    def _file_is_its_index(self) -> "ShardEntry":
+        if int(self.file[-11:-6]) != self.index:
+            raise ValueError(f"file {self.file} is not the file of shard {self.index}")
+        return self
 
 
 class SkippedRows(Record):

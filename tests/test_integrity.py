@@ -141,7 +141,7 @@ def test_a_manifest_moved_to_another_folder_is_refused(project, trained_config):
     moved = Path(cache.teacher_dir("0123456789abcdef"))
     moved.mkdir()
     (moved / "manifest.json").write_bytes((Path(cache.teacher_dir(m.teacher_id)) / "manifest.json").read_bytes())
-    with pytest.raises(CacheError, match="lies in folder 0123456789abcdef"):
+    with pytest.raises(CacheError, match="where 0123456789abcdef belongs"):
         cache.manifests()
 
 
@@ -188,3 +188,22 @@ def test_a_grown_corpus_reuses_every_unchanged_shard(project, trained_config):
     assert all(p.read_bytes() == data for p, data in before.items())  # earlier files byte-identical
     result = runner.invoke(app, ["train", str(trained_config)])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("damage", ["entry", "manifest", "plan"])
+def test_distill_cache_repairs_a_damaged_record(project, trained_config, damage):
+    """What training refuses, `distill cache` rewrites: a shard entry (that shard is
+    recomputed), a manifest or a plan (written again from the config and the corpus)."""
+    cache, m = _teacher(project, "a")
+    target = {"entry": Path(cache.teacher_dir(m.teacher_id)) / "shard-00001.json",
+              "manifest": Path(cache.teacher_dir(m.teacher_id)) / "manifest.json",
+              "plan": Path(cache.plan_dir(m.plan_id)) / "plan.json"}[damage]
+    original = target.read_bytes()
+    _flip(target, len(original) // 2, 3)
+    if damage != "entry":  # training reads the manifest's shard list, never the entries
+        refused = runner.invoke(app, ["train", str(trained_config)])
+        assert refused.exit_code == 2 and target.name in refused.output
+    summaries = cache_teachers(str(trained_config))
+    assert {s["teacher"]: s["recomputed"] for s in summaries}["a"] == (damage == "entry")
+    assert target.read_bytes() == original or damage == "entry"
+    assert runner.invoke(app, ["train", str(trained_config)]).exit_code == 0
