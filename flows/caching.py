@@ -94,7 +94,8 @@ def cache_teacher(config: str | DistillConfig, teacher: str, plan: Plan | None =
     publish_cache(cached.cache, manifest, computed=len(todo), recomputed=len(problems))
     summary = {"teacher": teacher, "teacher_id": cached.teacher_id, "plan_id": plan.plan_id,
                "rows": sum(s.rows for s in manifest.shards), "shards": len(manifest.shards),
-               "computed": len(todo), "recomputed": len(problems), "bytes": sum(s.bytes for s in manifest.shards)}
+               "computed": len(todo), "recomputed": len(problems),
+               "bytes": sum(s.bytes for s in manifest.shards)}
     log.info("teacher %s: %s", teacher, summary)
     announce_teacher(config, summary)
     return summary

@@ -133,7 +133,8 @@ def _fit_classes(name: str, logits: np.ndarray, gold: np.ndarray, class_map: np.
     return {"teacher": name, "kind": "temperature", "temperature": temperature,
             "scale": 1.0 / temperature, "bias": 0.0, "rows": int(inside.sum()),
             "accuracy": float((before.argmax(1) == y.numpy()).mean()),
-            "nll_before": float(F.cross_entropy(x, y)), "nll_after": float(F.cross_entropy(x / temperature, y)),
+            "nll_before": float(F.cross_entropy(x, y)),
+            "nll_after": float(F.cross_entropy(x / temperature, y)),
             "ece_before": expected_calibration_error(before, y.numpy()),
             "ece_after": expected_calibration_error(after, y.numpy())}
 

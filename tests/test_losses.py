@@ -7,8 +7,14 @@ import torch
 from torch.testing import assert_close
 
 from distill.pipeline.calibration import apply_calibration, fit_affine, fit_temperature
-from distill.pipeline.losses import (bce_relevance, distill_loss, kl_distill, mse_scores, soft_targets,
-                             weighted_mean)
+from distill.pipeline.losses import (
+    bce_relevance,
+    distill_loss,
+    kl_distill,
+    mse_scores,
+    soft_targets,
+    weighted_mean,
+)
 
 LOG2 = math.log(2.0)
 
