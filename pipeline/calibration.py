@@ -65,11 +65,6 @@ def fit_affine(scores: torch.Tensor, targets: torch.Tensor) -> tuple[float, floa
     return float(solution[0]), float(solution[1])
 
 
-def apply_calibration(logits: torch.Tensor, scale: float, bias: float) -> torch.Tensor:
-    """scale·logits + bias; a temperature T is scale = 1/T, bias = 0."""
-    return logits * scale + bias
-
-
 def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE of the top-class confidence: the bin-weighted |accuracy - confidence| (equal-width bins)."""
     confidence = probs.max(1)
