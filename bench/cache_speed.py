@@ -98,12 +98,12 @@ def main() -> None:
         for kind, texts in corpora.items():
             summaries = []
 
-            def cached():
+            def cached(texts=texts, kind=kind, summaries=summaries):
                 seconds, summary = distill_cache(work, teacher, texts, kind)
                 summaries.append(summary)
                 return seconds
 
-            t = interleaved({"bare": lambda: in_worker_thread(bare_loop, model, tokenizer, texts),
+            t = interleaved({"bare": lambda texts=texts: in_worker_thread(bare_loop, model, tokenizer, texts),
                              "distill": cached},
                             args.repeats)
             target = "target >= 1.3" if kind == "varied" else "target >= 0.95"

@@ -125,7 +125,8 @@ def main() -> None:
         with torch.inference_mode():
             for batch in TokenStream(aligned, BATCH, shuffle=False).epoch(0):
                 mask = batch.attention_mask.bool()
-                p_log = torch.log_softmax(teacher(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                p_log = torch.log_softmax(teacher(input_ids=batch.input_ids,
+                                                  attention_mask=batch.attention_mask,
                                                   use_cache=False).logits[mask].float(), -1)
                 q = torch.softmax(student(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                           use_cache=False).logits[mask].float(), -1)
@@ -174,7 +175,8 @@ def main() -> None:
             report(f"{name}: kl(teacher||reconstruction) nats/token", float(torch.cat(sums[name]).mean()),
                    "report", results)
             report(f"{name}: grad error", float(torch.cat(grads[name]).mean()), "report", results)
-            report(f"top-k k={k}: bytes ratio ours / baseline", ours / size, "report; < 1 is smaller", results)
+            report(f"top-k k={k}: bytes ratio ours / baseline", ours / size, "report; < 1 is smaller",
+                   results)
     save("lm_cache", results)
 
 

@@ -482,7 +482,8 @@ def main() -> None:
             if diag:
                 print("    last-epoch means: " + ", ".join(f"{k} {v:.3f}" for k, v in diag.items()),
                       flush=True)
-        results["per_setting"][setting] = {"teachers": names, "mc_dropout_passes": cfg["mc_passes"] if mc else None,
+        results["per_setting"][setting] = {"teachers": names,
+                                           "mc_dropout_passes": cfg["mc_passes"] if mc else None,
                                            "pool_teacher_ids": teacher_ids,
                                            "test_teacher_ids": [s["teacher_id"] for s in test_summaries],
                                            **scores, "students": students,
@@ -496,7 +497,8 @@ def main() -> None:
           f", train {cfg['train']}, (b) with {cfg['amalgamation_train']}) ==", flush=True)
     per = results["per_setting"]
     for setting, data in per.items():
-        print(f"{setting}: " + ", ".join(f"teacher {n} {t['accuracy']:.4f}" for n, t in data["teachers"].items())
+        print(f"{setting}: "
+              + ", ".join(f"teacher {n} {t['accuracy']:.4f}" for n, t in data["teachers"].items())
               + f"; ensemble {data['ensemble']:.4f}", flush=True)
         for label, s in data["students"].items():
             print(f"{setting}: student {label} {s['eval']['accuracy']:.4f} "

@@ -102,8 +102,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    from distill.flows.caching import cache_teachers
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from distill.flows.caching import cache_teachers
 
     results = {"rows": args.rows, "batch_size": BATCH, "epochs": EPOCHS}
     with tempfile.TemporaryDirectory(prefix="distill-speed-") as d, \

@@ -118,7 +118,8 @@ def run_demo(workdir: Path, console: Console, methods: list[str] | None = None) 
     table = Table("model", "test accuracy", "÷ ensemble", "agreement with ensemble (pool)",
                   title=f"WordNet-12, label-free distillation (student FLOPs ÷ ensemble FLOPs = {ratio:.3f})")
     for name in teachers:
-        table.add_row(f"teacher {name}", f"{scores[name]:.3f}", f"{scores[name] / scores['ensemble']:.3f}", "")
+        table.add_row(f"teacher {name}", f"{scores[name]:.3f}",
+                      f"{scores[name] / scores['ensemble']:.3f}", "")
     table.add_row("ensemble (mean of probabilities)", f"{scores['ensemble']:.3f}", "1.000", "")
     for method, ev in results.items():
         table.add_row(f"student, {method}", f"{ev['accuracy']:.3f}",

@@ -96,8 +96,11 @@ class ApiServer:
 def api_server() -> Iterator[None]:
     """Within: a Prefect API for this process (and the subprocesses it starts). An API that is
     already configured (PREFECT_API_URL, a profile, a test harness) is used as it is."""
-    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-                                  temporary_settings)
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
 
     if PREFECT_API_URL.value():
         yield

@@ -82,6 +82,7 @@ def print_calibration(fits: list[dict], console: Console) -> None:
             accuracy = fmt(f["accuracy"])
         else:
             nll, ece, accuracy = f"{f['loss_before']:.3f} → {f['loss_after']:.3f}", "-", "-"
-        table.add_row(f["teacher"], f"{f['kind']}" + (f" T={f['temperature']:.3f}" if "temperature" in f else ""),
+        kind = f"{f['kind']}" + (f" T={f['temperature']:.3f}" if "temperature" in f else "")
+        table.add_row(f["teacher"], kind,
                       str(f["rows"]), f"{f['scale']:.4f}", f"{f['bias']:.4f}", accuracy, nll, ece)
     console.print(table)

@@ -18,8 +18,7 @@ from distill.pipeline.labels import build_label_space
 from distill.pipeline.teacher import is_prompt_based
 from distill.storage.aligned import AlignedCache
 from distill.storage.columns import to_matrix
-
-ECE_BINS = 15
+from distill.storage.summaries import expected_calibration_error
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
@@ -63,24 +62,6 @@ def fit_affine(scores: torch.Tensor, targets: torch.Tensor) -> tuple[float, floa
     design = torch.stack([scores, torch.ones_like(scores)], dim=1)
     solution = torch.linalg.lstsq(design, targets.detach().double().unsqueeze(1)).solution
     return float(solution[0]), float(solution[1])
-
-
-def apply_calibration(logits: torch.Tensor, scale: float, bias: float) -> torch.Tensor:
-    """scale·logits + bias; a temperature T is scale = 1/T, bias = 0."""
-    return logits * scale + bias
-
-
-def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = ECE_BINS) -> float:
-    """ECE of the top-class confidence: the bin-weighted |accuracy - confidence| (equal-width bins)."""
-    confidence = probs.max(1)
-    correct = probs.argmax(1) == gold
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    error = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            error += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
-    return float(error)
 
 
 def held_out_teachers(config: DistillConfig, names: list[str]) -> list[str]:
@@ -133,7 +114,8 @@ def _fit_classes(name: str, logits: np.ndarray, gold: np.ndarray, class_map: np.
     return {"teacher": name, "kind": "temperature", "temperature": temperature,
             "scale": 1.0 / temperature, "bias": 0.0, "rows": int(inside.sum()),
             "accuracy": float((before.argmax(1) == y.numpy()).mean()),
-            "nll_before": float(F.cross_entropy(x, y)), "nll_after": float(F.cross_entropy(x / temperature, y)),
+            "nll_before": float(F.cross_entropy(x, y)),
+            "nll_after": float(F.cross_entropy(x / temperature, y)),
             "ece_before": expected_calibration_error(before, y.numpy()),
             "ece_after": expected_calibration_error(after, y.numpy())}
 

@@ -82,7 +82,8 @@ class FeatureDistiller(torch.nn.Module):
         self.consensus, self.tau, self.distance = consensus, tau, distance
 
     def forward(self, student_hidden: torch.Tensor, student_mask: torch.Tensor,
-                teachers: list[TeacherFeatures | None], row_weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
+                teachers: list[TeacherFeatures | None],
+                row_weights: torch.Tensor) -> tuple[torch.Tensor, dict]:
         losses, metrics = [], {}
         for projector, k in zip(self.projectors, self.slots):
             student, target, mask = align(student_hidden, student_mask.bool(), teachers[k])
@@ -93,7 +94,8 @@ class FeatureDistiller(torch.nn.Module):
             weights = self._weights(similarity, mask, teachers[k].pooled)
             gap = (1 - similarity) if self.distance == "cosine" else (projected - target).pow(2).mean(-1)
             losses.append((weights * gap).sum() / mask.sum().clamp_min(1))
-            metrics[f"features/similarity/{k}"] = float(similarity.detach()[mask].mean()) if mask.any() else 0.0
+            mean = float(similarity.detach()[mask].mean()) if mask.any() else 0.0
+            metrics[f"features/similarity/{k}"] = mean
         return torch.stack(losses).mean(), metrics
 
     def _weights(self, similarity: torch.Tensor, mask: torch.Tensor, pooled: bool) -> torch.Tensor:

@@ -98,8 +98,11 @@ def finetune_classifier(base_model: str | Path, texts: list[str], labels: list[i
     like a finished model. An existing `out_dir` is replaced.
     """
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer,
-                              get_linear_schedule_with_warmup)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        get_linear_schedule_with_warmup,
+    )
 
     if len(texts) != len(labels) or not texts:
         raise ValueError(f"need as many labels as texts (got {len(texts)} and {len(labels)})")

@@ -15,8 +15,8 @@ import torch
 
 from distill.pipeline.lm_targets import SparseTargets
 from distill.pipeline.reader import CacheStream
-from distill.storage.lm_tokens import decode_logprobs
 from distill.storage.columns import to_matrix, unnest
+from distill.storage.lm_tokens import decode_logprobs
 from distill.storage.records import CacheError, TeacherManifest
 
 

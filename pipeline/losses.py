@@ -7,7 +7,6 @@ rows without any teacher) mean the same thing everywhere.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def weighted_mean(per_row: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -47,15 +46,6 @@ def mse_scores(student: torch.Tensor, target: torch.Tensor,
     """
     diff = student.reshape(-1) - target.reshape(-1)
     return weighted_mean(0.5 * diff ** 2, weights)
-
-
-def bce_relevance(student_logits: torch.Tensor, target_probs: torch.Tensor,
-                  weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Binary cross-entropy of one relevance logit per row ([B, 1] or [B]) against a soft target
-    probability: it matches the teacher's probability without chasing extreme teacher logits."""
-    per_row = F.binary_cross_entropy_with_logits(student_logits.reshape(-1),
-                                                 target_probs.reshape(-1), reduction="none")
-    return weighted_mean(per_row, weights)
 
 
 def distill_loss(student_logits: torch.Tensor, target: torch.Tensor, temperature: float,

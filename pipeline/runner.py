@@ -8,7 +8,7 @@ results are scattered back to plan order before anything is written.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +31,6 @@ class ShardOutput:
     mc_mutual_info: np.ndarray | None = None  # [rows] H(mean) - mean H, normalised like entropy
     features: np.ndarray | list[np.ndarray] | None = None  # [rows, D] or rows x [len, D]
     prompt_vector: np.ndarray | None = None  # [rows, D] float16, prompt-based teachers only
-    extra: dict = field(default_factory=dict)
 
     def finite_rows(self) -> np.ndarray:
         """[rows] bool: rows whose logits (and MC statistics) are all finite."""

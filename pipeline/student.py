@@ -6,8 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
-                          AutoTokenizer, PreTrainedModel)
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from distill.pipeline.config import ConfigError
 from distill.pipeline.labels import LabelSpace
@@ -24,7 +29,9 @@ def pick_layers(total: int, keep: int, pick: str) -> list[int]:
         raise ConfigError(f"student.layers: must be between 1 and {total} (the teacher's layers)")
     if pick == "first":
         return list(range(keep))
-    return sorted({round(i * (total - 1) / max(keep - 1, 1)) for i in range(keep)}) if keep > 1 else [total - 1]
+    if keep <= 1:
+        return [total - 1]
+    return sorted({round(i * (total - 1) / (keep - 1)) for i in range(keep)})
 
 
 def _layer_list(model: PreTrainedModel) -> torch.nn.ModuleList:

@@ -73,7 +73,9 @@ class Cursor:
 
 
 def teacher_batch_to(batch: TeacherBatch, device) -> TeacherBatch:
-    move = (lambda t: None if t is None else t.to(device))
+    def move(t):
+        return None if t is None else t.to(device)
+
     return TeacherBatch(move(batch.logits), move(batch.covered), move(batch.valid),
                         move(batch.mc_probs), move(batch.mc_entropy))
 
@@ -161,7 +163,8 @@ def student_source(config: DistillConfig) -> tuple[Path, int | None, str]:
         raise ConfigError(f"{config.source}: student needs exactly one of `model` (a checkpoint) "
                           "or `from_teacher` (+ `layers`) to start from")
     if student.model:
-        return resolve_model_dir(student.model, f"{config.source}: student.model"), student.layers, student.pick
+        model_dir = resolve_model_dir(student.model, f"{config.source}: student.model")
+        return model_dir, student.layers, student.pick
     teacher = config.teacher(student.from_teacher)
     return resolve_model_dir(teacher.model, f"{config.source}: teachers[{teacher.name}].model"), \
         student.layers, student.pick

@@ -14,8 +14,7 @@ import os
 
 import pyarrow as pa
 
-from distill.storage.fs import (is_local, join, publish_bytes, remove_stale_temps, resolve,
-                                sha256_file)
+from distill.storage.fs import is_local, join, publish_bytes, remove_stale_temps, resolve, sha256_file
 from distill.storage.records import CacheError, DamagedShard, Plan, ShardEntry, TeacherManifest
 from distill.storage.shards import read_table, write_table
 

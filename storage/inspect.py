@@ -65,8 +65,9 @@ class NamedCache:
     The *current* caches of a teacher name are those the config given to inspect uses (over
     its corpus and eval set), else per plan the newest complete one. Their SQL view is the
     teacher's name (one view over every plan, e.g. a pool and an eval set); every other cache
-    of that name (older weights, settings or corpus) gets `name@<teacher-id prefix>`. `title`, the report's label and JSON key, is the
-    view name where that view holds only this cache, else `name@<prefix>`: never shared."""
+    of that name (older weights, settings or corpus) gets `name@<teacher-id prefix>`. `title`, the
+    report's label and JSON key, is the view name where that view holds only this cache, else
+    `name@<prefix>`: never shared."""
 
     m: TeacherManifest
     view: str
@@ -247,7 +248,8 @@ class _TeacherStats:
         missing = [i for i in range(len(self.plan.shards)) if i not in entries]
         kind = "causal-lm" if self.lm else m.settings.get("kind", "classification")
         stats = {"name": m.name, "title": self.title, "view": self.named.view,
-                 "current": self.named.current, "teacher_id": m.teacher_id, "plan_id": m.plan_id, "kind": kind,
+                 "current": self.named.current, "teacher_id": m.teacher_id, "plan_id": m.plan_id,
+                 "kind": kind,
                  "model": m.settings.get("model"), "num_labels": m.settings.get("num_labels"),
                  "rows": sum(e.rows for e in entries.values()), "shards": len(entries),
                  "plan_shards": len(self.plan.shards), "missing_shards": missing,

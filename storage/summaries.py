@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# The one bin count of every ECE this project reports (`distill inspect --labels`, `distill
+# calibrate`): 15 equal-width bins, as in Guo et al. 2017. ECE moves with the binning, so two
+# commands with two bin counts would disagree on the same teacher.
+ECE_BINS = 15
+
 
 def _rounded(values: np.ndarray) -> list[float]:
     return [round(float(v), 6) for v in values]
@@ -44,7 +49,7 @@ class Reliability:
     diagram and the expected calibration error (ECE = sum over bins of
     rows_b / rows * |accuracy_b - confidence_b|)."""
 
-    def __init__(self, bins: int = 10):
+    def __init__(self, bins: int = ECE_BINS):
         self.edges = np.linspace(0.0, 1.0, bins + 1)
         self.rows = np.zeros(bins, dtype=np.int64)
         self.confidence = np.zeros(bins)
@@ -57,16 +62,34 @@ class Reliability:
         self.confidence += np.bincount(index, weights=confidence, minlength=bins)
         self.correct += np.bincount(index, weights=correct.astype(np.float64), minlength=bins)
 
-    def to_json(self) -> dict:
-        total = int(self.rows.sum())
+    def _means(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-bin accuracy and mean confidence (0 in empty bins)."""
         filled = self.rows > 0
         accuracy = np.divide(self.correct, self.rows, out=np.zeros_like(self.correct), where=filled)
         mean_conf = np.divide(self.confidence, self.rows, out=np.zeros_like(self.confidence),
                               where=filled)
-        ece = float((self.rows * np.abs(accuracy - mean_conf)).sum() / total) if total else None
+        return accuracy, mean_conf
+
+    def ece(self) -> float | None:
+        """The expected calibration error of the rows added so far; None before any."""
+        total = int(self.rows.sum())
+        accuracy, mean_conf = self._means()
+        return float((self.rows * np.abs(accuracy - mean_conf)).sum() / total) if total else None
+
+    def to_json(self) -> dict:
+        total = int(self.rows.sum())
+        accuracy, mean_conf = self._means()
         bins = [{"lo": lo, "hi": hi, "rows": int(n), "confidence": float(c) if n else None,
                  "accuracy": float(a) if n else None}
                 for lo, hi, n, c, a in zip(_rounded(self.edges[:-1]), _rounded(self.edges[1:]),
                                            self.rows, mean_conf, accuracy)]
         return {"rows": total, "accuracy": float(self.correct.sum() / total) if total else None,
-                "ece": ece, "bins": bins}
+                "ece": self.ece(), "bins": bins}
+
+
+def expected_calibration_error(probs: np.ndarray, gold: np.ndarray) -> float | None:
+    """ECE of the top-class confidence of `probs` [N, C] against gold class indices [N], in the
+    same bins as `Reliability` (which streams it shard by shard); None for no rows."""
+    reliability = Reliability()
+    reliability.add(probs.max(axis=1), probs.argmax(axis=1) == gold)
+    return reliability.ece()

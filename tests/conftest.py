@@ -31,7 +31,8 @@ def prefect():
     from prefect.testing.utilities import prefect_test_harness
 
     # A loaded 2-core machine can need more than the default 30 s to start the server.
-    with prefect_test_harness(server_startup_timeout=180), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with prefect_test_harness(server_startup_timeout=180), \
+            temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 

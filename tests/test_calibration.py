@@ -1,5 +1,6 @@
 """`distill calibrate`: teachers cached over the labelled eval set, a fit per teacher, written back."""
 
+import json
 import random
 
 import numpy as np
@@ -10,8 +11,9 @@ from typer.testing import CliRunner
 
 import tiny
 from distill.flows.cli import app
-from distill.pipeline.calibration import expected_calibration_error, fit_platt, fit_temperature
+from distill.pipeline.calibration import fit_platt, fit_temperature
 from distill.pipeline.config import load_config
+from distill.storage.summaries import expected_calibration_error
 
 runner = CliRunner()
 
@@ -49,6 +51,27 @@ def test_calibrate_fits_each_teacher_on_the_eval_set_and_writes_the_config(proje
     from distill.storage.cache import Cache
     sources = {Cache(project.cache).load_plan(p).source for p in Cache(project.cache).plan_ids()}
     assert sources == {str(project.root / "heldout.jsonl")}
+
+    # `distill inspect --labels` over the same cache and labels reports the same ECE per teacher
+    # (to the 3 decimals `distill calibrate` prints): one definition, one binning.
+    inspected = runner.invoke(app, ["inspect", str(project.cache), "--json",
+                                    "--labels", str(project.root / "heldout.jsonl")])
+    assert inspected.exit_code == 0, inspected.output
+    accuracy = {t["name"]: t["accuracy"] for t in json.loads(inspected.output)["teachers"]}
+    for name, (rows, ece_before) in calibration_rows(result.output).items():
+        assert accuracy[name]["rows"] == rows
+        assert accuracy[name]["ece"] == pytest.approx(ece_before, abs=5e-4 + 1e-9), name
+
+
+def calibration_rows(output: str) -> dict[str, tuple[int, float]]:
+    """teacher -> (rows, ECE before) from the table `distill calibrate` prints."""
+    found = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 8 and cells[0] and cells[2].isdigit():
+            found[cells[0]] = (int(cells[2]), float(cells[-1].split()[0]))
+    assert set(found) == {"a", "b"}, output
+    return found
 
 
 def test_calibrate_without_an_eval_set_says_what_to_add(project):

@@ -129,7 +129,7 @@ def test_compose_services_start_in_order_on_health(compose):
               "create-bucket": {"seaweedfs": "service_healthy"}}
     for name, deps in wanted.items():
         assert {d: c["condition"] for d, c in services[name]["depends_on"].items()} == deps, name
-    for name, service in services.items():
+    for service in services.values():
         for dep, cond in service.get("depends_on", {}).items():
             if cond["condition"] == "service_healthy":
                 assert services[dep].get("healthcheck", {}).get("test"), f"{dep} has no healthcheck"

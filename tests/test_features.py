@@ -52,7 +52,8 @@ def test_consensus_loss_down_weights_the_position_where_teacher_and_student_disa
 def test_pooled_features_weigh_rows_of_the_batch_and_pool_the_student_over_its_mask():
     hidden = torch.tensor([[[2.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [0.0, 3.0]]])   # [B=2, T=2, H=2]
     mask = torch.tensor([[1, 0], [1, 1]])
-    teacher = TeacherFeatures(torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]]), torch.ones(2, 1, dtype=torch.bool), True)
+    teacher = TeacherFeatures(torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]]]), torch.ones(2, 1, dtype=torch.bool),
+                              True)
     student, target, valid = align(hidden, mask.bool(), teacher)
     assert student.tolist() == [[[2.0, 0.0]], [[0.0, 2.0]]] and valid.all()
     loss, _ = _identity_distiller(2, tau=0.1)(hidden, mask, [teacher], torch.ones(2))

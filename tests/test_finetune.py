@@ -13,8 +13,12 @@ import torch  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from tokenizers.processors import TemplateProcessing  # noqa: E402
 from transformers import (  # noqa: E402
-    AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel,
-    PreTrainedTokenizerFast)
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    PreTrainedTokenizerFast,
+)
 
 from distill.pipeline.finetune import finetune_classifier, noisy_labels  # noqa: E402
 

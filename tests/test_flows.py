@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from prefect.artifacts import Artifact
 from transformers import PreTrainedModel
 

@@ -5,8 +5,8 @@ import io
 import json
 import math
 import re
-from pathlib import Path
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pytest

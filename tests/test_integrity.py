@@ -140,7 +140,8 @@ def test_a_manifest_moved_to_another_folder_is_refused(project, trained_config):
     cache, m = _teacher(project, "a")
     moved = Path(cache.teacher_dir("0123456789abcdef"))
     moved.mkdir()
-    (moved / "manifest.json").write_bytes((Path(cache.teacher_dir(m.teacher_id)) / "manifest.json").read_bytes())
+    original = Path(cache.teacher_dir(m.teacher_id)) / "manifest.json"
+    (moved / "manifest.json").write_bytes(original.read_bytes())
     with pytest.raises(CacheError, match="where 0123456789abcdef belongs"):
         cache.manifests()
 

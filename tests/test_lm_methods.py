@@ -14,7 +14,8 @@ V = 10
 def _targets(ids, probs, tail, valid=None):
     ids, probs = torch.tensor(ids), torch.tensor(probs)
     return SparseTargets(ids=ids, probs=probs, tail=torch.tensor(tail),
-                         valid=torch.ones(len(ids), dtype=torch.bool) if valid is None else torch.tensor(valid),
+                         valid=(torch.ones(len(ids), dtype=torch.bool) if valid is None
+                                else torch.tensor(valid)),
                          vocab=V)
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-import tiny
 import yaml
 
+import tiny
 from distill.flows.server import die_with_parent
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")

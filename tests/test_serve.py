@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 import tiny
-from s3server import free_ports
 from distill.flows.caching import cache_tasks, cache_teachers
 from distill.flows.handoff import CACHES_COMPLETE, complete_caches, config_key, config_resource
 from distill.flows.serve import deployments
 from distill.pipeline.config import ConfigError, load_config
+from s3server import free_ports
 
 TRAIN = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "output": "run", "method": "mean"}
 STUDENT = {"from_teacher": "a", "layers": 1, "max_length": 16}

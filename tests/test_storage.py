@@ -89,7 +89,7 @@ def test_duckdb_queries_a_shard(shard_path):
     import duckdb
 
     table = pa.ipc.open_stream(pa.memory_map(str(shard_path))).read_all()
-    shard = table.select(["sample_id", "logits"])
+    shard = table.select(["sample_id", "logits"])  # noqa: F841 (DuckDB reads the local by name)
     rows = duckdb.sql("SELECT sample_id, logits[1] AS first FROM shard WHERE logits[3] > 20 "
                       "ORDER BY sample_id").fetchall()
     assert rows == [(7 * 7919, 21.0), (8 * 7919, 24.0), (9 * 7919, 27.0)]

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.usefixtures("prefect")
 def _config(project, **train):
     tiny.write_jsonl(project.corpus, [{"text": t} for t in tiny.sentences(90, seed=6)])
     tiny.write_jsonl(project.root / "eval.jsonl",
-                     [{"text": t, "label": f"class{i % 4}"} for i, t in enumerate(tiny.sentences(20, seed=9))])
+                     [{"text": t, "label": f"class{i % 4}"}
+                      for i, t in enumerate(tiny.sentences(20, seed=9))])
     settings = {"epochs": 2, "batch_size": 16, "lr": 1e-3, "output": "run", "method": "mean", **train}
     path = project.config(corpus={"path": "corpus.jsonl", "rows_per_shard": 25},
                           student={"from_teacher": "a", "layers": 1, "max_length": 16},

@@ -42,8 +42,7 @@ from distill.pipeline.evaluate import predict, read_labelled
 from distill.pipeline.labels import LabelSpace, build_label_space
 from distill.pipeline.reader import CacheStream, prefetch
 from distill.pipeline.student import build_student
-from distill.pipeline.trainer import (Progress, open_caches, source_label_map, student_source,
-                              teacher_batch_to)
+from distill.pipeline.trainer import Progress, open_caches, source_label_map, student_source, teacher_batch_to
 from distill.storage.records import CacheError
 
 

@@ -10,8 +10,17 @@ from __future__ import annotations
 import torch
 
 from distill.pipeline.losses import soft_targets
-from distill.pipeline.methods.base import (Method, MethodOutput, TeacherBatch, is_scores, masked_mean,
-                                   members, row_weights, teacher_probs, teacher_values)
+from distill.pipeline.methods.base import (
+    Method,
+    MethodOutput,
+    TeacherBatch,
+    is_scores,
+    masked_mean,
+    members,
+    row_weights,
+    teacher_probs,
+    teacher_values,
+)
 from distill.pipeline.methods.median import Median
 
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from distill.pipeline.methods.base import (TargetMethod, TeacherBatch, is_scores, masked_mean, members,
-                                   renormalise, teacher_values)
+from distill.pipeline.methods.base import (
+    TargetMethod,
+    TeacherBatch,
+    is_scores,
+    masked_mean,
+    members,
+    renormalise,
+    teacher_values,
+)
 
 
 class Mean(TargetMethod):

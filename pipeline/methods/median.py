@@ -5,8 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from distill.pipeline.methods.base import (TargetMethod, TeacherBatch, is_scores, masked_median, members,
-                                   renormalise, teacher_values)
+from distill.pipeline.methods.base import (
+    TargetMethod,
+    TeacherBatch,
+    is_scores,
+    masked_median,
+    members,
+    renormalise,
+    teacher_values,
+)
 
 
 class Median(TargetMethod):

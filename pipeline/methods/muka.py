@@ -10,8 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from distill.pipeline.losses import kl_distill
-from distill.pipeline.methods.base import (Method, MethodOutput, TeacherBatch, is_scores, row_weights,
-                                   teacher_probs)
+from distill.pipeline.methods.base import (
+    Method,
+    MethodOutput,
+    TeacherBatch,
+    is_scores,
+    row_weights,
+    teacher_probs,
+)
 
 MARGIN_EPS = 1e-6    # added to the certainty gap, as in lancopku/MUKI
 
