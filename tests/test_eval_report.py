@@ -1,6 +1,6 @@
 """The training report on the `eval` set: each teacher, their ensemble and the student side by
 side, the teachers' numbers from their caches of the eval file (checked here against the tiny
-teacher models run directly), and a refusal when those caches are missing."""
+teacher models run directly), and a refusal when those caches are missing or stale."""
 
 import json
 
@@ -127,3 +127,6 @@ def test_train_refuses_when_the_eval_caches_are_missing(project):
     result = CliRunner().invoke(app, ["train", str(path)])
     assert result.exit_code == 0, result.output
     assert "on the eval set (30 rows)" in result.output and "ensemble (mean of" in result.output
+    tiny.write_jsonl(project.root / "eval.jsonl", _eval_rows() + [{"text": "blue moon", "label": "class1"}])
+    line = one_line_error(["train", str(path)])    # a row the teachers' caches do not have
+    assert "1 rows of the eval file" in line and "changed after caching" in line
