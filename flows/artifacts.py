@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from distill.inspection.plots import loss_curve
 from distill.inspection.sections import sections
-from distill.pipeline.report import markdown
+from distill.pipeline.report import markdown, scalar_metrics
 from distill.storage.cache import Cache
 from distill.storage.inspect import inspect_cache
 from distill.storage.records import TeacherManifest
@@ -84,7 +84,8 @@ def training_keys(method: str) -> tuple[str, str]:
 def publish_training(report: dict) -> None:
     metrics_key, report_key = training_keys(report["method"])
     rows = {"steps": report["steps"], "finished": report["finished"],
-            "train_seconds": round(report["train_seconds"], 1), **report.get("eval", {})}
+            "train_seconds": round(report["train_seconds"], 1),
+            **scalar_metrics(report.get("eval", {}))}
     create_table_artifact(key=metrics_key, description=f"student `{report['method']}`: metrics",
                           table=[{"metric": k, "value": round(v, 4) if isinstance(v, float) else v}
                                  for k, v in rows.items()])

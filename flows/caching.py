@@ -128,8 +128,8 @@ def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = Non
                    max_parallel: int | None = None, verify: bool = True,
                    announce: bool = True) -> list[dict]:
     """Cache every teacher of a config (or the named ones), `max_parallel` at a time (default
-    1, or one per device of `runner.devices`); causal-LM teachers (and prompt-based ones, for a
-    continual config: `held_out_teachers`) also over the config's `eval` text, when it has one.
+    1, or one per device of `runner.devices`), and also over the config's `eval` text when it
+    has one (for a continual config only causal-LM and prompt-based teachers: `held_out_teachers`).
     With `announce`, a run that completes the config's caches tells the triggered training
     deployments (flows/handoff.py)."""
     config = _load(config)
@@ -151,12 +151,11 @@ def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = Non
             summaries = [f.result() for f in futures]
         evaluated = held_out_teachers(config, names) if config.eval else []
         if evaluated:
-            # Causal-LM students and students that map teacher prompts are evaluated from the
-            # teachers' cache of the held-out text; caching it now keeps teachers out of
-            # training like everything else they contribute.
-            held_out = eval_corpus_config(config).model_copy(update={"eval": None})
-            summaries += cache_teachers(held_out, teachers=evaluated, max_parallel=max_parallel,
-                                        verify=verify, announce=False)
+            # Students are evaluated (and compared with their teachers) from the teachers' cache
+            # of the held-out text; caching it now keeps teachers out of training like
+            # everything else they contribute.
+            summaries += cache_teachers(eval_corpus_config(config), teachers=evaluated,
+                                        max_parallel=max_parallel, verify=verify, announce=False)
     if announce:
         announce_if_complete(config, wrote=any(s["computed"] for s in summaries))
     return summaries

@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from distill.inspection.sections import fmt, sections
+from distill.pipeline.report import not_scored, scalar_metrics, side_by_side
 
 
 def print_report(report: dict, console: Console) -> None:
@@ -52,10 +53,20 @@ def print_removed(unused: list, cache: str, dry_run: bool, console: Console) -> 
 
 
 def print_train_summary(summary: dict, console: Console) -> None:
-    table = Table("method", "steps", "seconds", *summary.get("eval", {}).keys(), title="student")
+    """The run's metrics, then each teacher, their ensemble and the student on the eval set."""
+    metrics = scalar_metrics(summary.get("eval", {}))
+    table = Table("method", "steps", "seconds", *metrics.keys(), title="student")
     table.add_row(summary["method"], str(summary["steps"]), f"{summary['train_seconds']:.1f}",
-                  *(fmt(v) if isinstance(v, float) else str(v) for v in summary.get("eval", {}).values()))
+                  *(fmt(v) if isinstance(v, float) else str(v) for v in metrics.values()))
     console.print(table)
+    compared = side_by_side(summary)
+    if compared:
+        ev = summary["eval"]
+        table = Table("model", "accuracy", "macro-F1", title=f"on the eval set ({ev['eval_rows']} rows)",
+                      caption=not_scored(ev).removeprefix("; ") or None)
+        for name, scores in compared:
+            table.add_row(Text(name), fmt(scores["accuracy"]), fmt(scores.get("macro_f1")))
+        console.print(table)
 
 
 def print_continual_summary(summary: dict, console: Console) -> None:

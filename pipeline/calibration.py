@@ -66,13 +66,14 @@ def fit_affine(scores: torch.Tensor, targets: torch.Tensor) -> tuple[float, floa
 
 def held_out_teachers(config: DistillConfig, names: list[str]) -> list[str]:
     """Which of the named teachers the caching flow also runs over the `eval` file, because their
-    students are evaluated from that cache: causal LMs (held-out text to compare with) and, for a
-    continual config that maps teacher prompts, prompt-based teachers (the mapped student needs
-    their prompt vectors for every input it is evaluated on)."""
+    students are evaluated from that cache: all of them for a single-corpus config (its report
+    scores each teacher and their ensemble beside the student); for a continual config, causal
+    LMs and, when it maps teacher prompts, prompt-based teachers (the mapped student needs their
+    prompt vectors for every input it is evaluated on)."""
     maps = config.tasks is not None and (config.continual or ContinualConfig()).map_teacher_prompts
 
     def needed(teacher: TeacherConfig) -> bool:
-        return teacher.kind == "causal-lm" or (
+        return config.tasks is None or teacher.kind == "causal-lm" or (
             maps and is_prompt_based(teacher, f"{config.source}: teachers[{teacher.name}].model"))
 
     return [n for n in names if needed(config.teacher(n))]

@@ -308,8 +308,9 @@ def _check_tasks(config: DistillConfig) -> None:
 
 
 def eval_corpus_config(config: DistillConfig) -> DistillConfig:
-    """The config with the labelled `eval` file as its corpus, so the caching flow runs the
-    teachers over it. Only logits are needed, so MC dropout and features are left out."""
+    """The config with the labelled `eval` file as its corpus (and no `eval` of its own), so the
+    caching flow runs the teachers over it. Only logits are needed, so MC dropout and features
+    are left out."""
     if config.eval is None:
         raise ConfigError(f"{config.source}: calibration needs a labelled held-out set; add "
                           "`eval: {path: ..., label_column: label}`")
@@ -320,7 +321,7 @@ def eval_corpus_config(config: DistillConfig) -> DistillConfig:
         update={"path": config.eval.path, "text_column": config.eval.text_column})
     teachers = [t.model_copy(update={"mc_dropout": None, "features": None, "calibration": None})
                 for t in config.teachers]
-    return config.model_copy(update={"corpus": corpus, "teachers": teachers})
+    return config.model_copy(update={"corpus": corpus, "teachers": teachers, "eval": None})
 
 
 def with_runner(config: DistillConfig, **overrides) -> DistillConfig:

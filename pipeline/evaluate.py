@@ -1,7 +1,11 @@
-"""Evaluate a student: labelled accuracy and macro-F1 (optional eval set), and agreement with
-the teachers' ensemble on cached rows (no labels needed)."""
+"""Evaluate a student: on the labelled `eval` set, its accuracy and macro-F1 next to each
+teacher's and the teachers' ensemble's (from their caches of that set: no teacher is loaded);
+and agreement with the ensemble on cached training rows (no labels needed)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -9,6 +13,12 @@ import torch
 from distill.pipeline.config import ConfigError, DistillConfig
 from distill.pipeline.corpus import open_dataset
 from distill.pipeline.labels import LabelSpace
+from distill.pipeline.methods.base import TeacherBatch
+from distill.pipeline.reader import CacheStream
+from distill.storage.aligned import AlignedCache
+from distill.storage.ids import sample_ids
+from distill.storage.plan import skip_reason
+from distill.storage.records import CacheError
 
 AGREEMENT_ROWS = 2048
 
@@ -40,9 +50,10 @@ def macro_f1(gold: np.ndarray, pred: np.ndarray, classes: int) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
-def read_labelled(config: DistillConfig, labels: LabelSpace) -> tuple[list[str], np.ndarray]:
+def labelled_rows(config: DistillConfig, labels: LabelSpace) -> Iterator[tuple[int, object, object, object]]:
+    """(row, text, label, gold) for each row of the `eval` file; gold is the student class index
+    (or the score), None when the label is not one of the student's classes."""
     ev = config.eval
-    texts, gold = [], []
     index = {name: i for i, name in enumerate(labels.labels)}
     for row, example in enumerate(open_dataset(ev.path)):
         if ev.text_column not in example or ev.label_column not in example:
@@ -50,50 +61,140 @@ def read_labelled(config: DistillConfig, labels: LabelSpace) -> tuple[list[str],
                               f"'{ev.label_column}' (set eval.text_column / eval.label_column)")
         label = example[ev.label_column]
         if labels.scores:
-            gold.append(float(label))
+            gold = float(label)
         elif str(label) in index:
-            gold.append(index[str(label)])
+            gold = index[str(label)]
         elif isinstance(label, int) and 0 <= label < len(labels.labels):
-            gold.append(label)
+            gold = label
         else:
-            raise ConfigError(f"{ev.path} row {row}: label {label!r} is not a student label "
-                              f"({', '.join(labels.labels)})")
-        texts.append(example[ev.text_column])
+            gold = None
+        yield row, example[ev.text_column], label, gold
+
+
+def read_labelled(config: DistillConfig, labels: LabelSpace) -> tuple[list[str], np.ndarray]:
+    """Every eval row as (texts, gold); a label outside the student's classes is an error."""
+    texts, gold = [], []
+    for row, text, label, value in labelled_rows(config, labels):
+        if value is None:
+            raise ConfigError(f"{config.eval.path} row {row}: label {label!r} is not a student "
+                              f"label ({', '.join(labels.labels)})")
+        texts.append(text)
+        gold.append(value)
     return texts, np.array(gold)
 
 
+@dataclass
+class EvalSet:
+    """The eval rows the report scores, with the teachers' cached outputs on them in the
+    student's label space (calibrated and label-mapped as training reads them), and the rows it
+    cannot score, counted so that none is dropped unseen."""
+
+    texts: list[str]
+    gold: np.ndarray
+    teachers: TeacherBatch
+    names: list[str]                      # the teachers, in the order of `teachers`
+    outside: dict[str, int]               # label -> rows whose label is not a student class
+    without_text: int                     # rows the plan skips (empty or not a string)
+
+
+def eval_set(config: DistillConfig, labels: LabelSpace, aligned: AlignedCache,
+             calibration: list[tuple[float, float]]) -> EvalSet:
+    """Read the eval file and look its rows up in the teachers' caches of it (`aligned`, built
+    on `eval_corpus_config`) by sample id. A usable row missing from the caches means the file
+    changed after caching: refused, since its teachers' numbers would be another file's."""
+    texts, gold, outside, without_text = [], [], {}, 0
+    for _, text, label, value in labelled_rows(config, labels):
+        if skip_reason(text) is not None:
+            without_text += 1
+        elif value is None:
+            outside[str(label)] = outside.get(str(label), 0) + 1
+        else:
+            texts.append(text)
+            gold.append(value)
+    if not texts:
+        raise ConfigError(f"{config.eval.path}: no row has a text and a label among the student's "
+                          f"classes ({', '.join(labels.labels)}); check eval.label_column")
+    stream = CacheStream(aligned, labels, batch_size=1024, shuffle=False, calibration=calibration)
+    batches = list(stream.epoch(0))
+    position = {int(i): n for n, i in enumerate(np.concatenate([b.sample_ids for b in batches]))}
+    wanted = sample_ids(texts)
+    missing = sum(int(i) not in position for i in wanted)
+    if missing:
+        raise CacheError(f"{config.source}: {missing} rows of the eval file {config.eval.path} are "
+                         f"not in the teachers' caches of it (the file changed after caching); run "
+                         f"`distill cache {config.source}`")
+    take = torch.from_numpy(np.array([position[int(i)] for i in wanted], dtype=np.int64))
+    logits = torch.cat([b.teachers.logits for b in batches])[take]
+    valid = torch.cat([b.teachers.valid for b in batches])[take]
+    return EvalSet(texts, np.array(gold), TeacherBatch(logits, batches[0].teachers.covered, valid),
+                   [m.name for m in aligned.manifests], outside, without_text)
+
+
+def ensemble_probs(tb: TeacherBatch) -> torch.Tensor:
+    """The ensemble's probabilities [B, C]: the mean over the valid teachers of theirs; per
+    class over the teachers that cover it (the union ensemble of the trainer's targets: a plain
+    sum would favour classes that several teachers cover). Scores: the mean sigmoid, [B, 1]."""
+    if tb.logits.shape[-1] == 1:
+        probs = torch.sigmoid(tb.logits[..., 0])
+        return ((probs * tb.valid).sum(1) / tb.valid.sum(1).clamp_min(1))[:, None]
+    probs = torch.softmax(tb.logits.masked_fill(~tb.covered, -1e9), -1)
+    voters = tb.covered[None] & tb.valid[..., None]
+    return (probs * voters).sum(1) / voters.sum(1).clamp_min(1)
+
+
+def decide(probs: torch.Tensor, valid: torch.Tensor) -> np.ndarray:
+    """Predicted class per row (for scores: 1 when p > 0.5), -1 where no teacher output is valid."""
+    pred = (probs[:, 0] > 0.5).long() if probs.shape[1] == 1 else probs.argmax(1)
+    return torch.where(valid, pred, -1).numpy()
+
+
+def scored(gold: np.ndarray, pred: np.ndarray, labels: LabelSpace) -> dict:
+    """Accuracy (scores: of the 0/1 decision against gold > 0.5) and, for classes, macro-F1."""
+    if labels.scores:
+        return {"accuracy": float((pred == (gold > 0.5)).mean())}
+    return {"accuracy": float((pred == gold).mean()), "macro_f1": macro_f1(gold, pred, labels.num_labels)}
+
+
+def teacher_scores(held_out: EvalSet, labels: LabelSpace) -> tuple[dict, dict]:
+    """(per teacher, ensemble) scores on the eval rows. A teacher that covers only some classes
+    (MUKA label maps) predicts among its own, so rows of the others count against it."""
+    tb = held_out.teachers
+    per_teacher = {}
+    for k, name in enumerate(held_out.names):
+        one = TeacherBatch(tb.logits[:, k:k + 1], tb.covered[k:k + 1], tb.valid[:, k:k + 1])
+        pred = decide(ensemble_probs(one), one.valid[:, 0])
+        per_teacher[name] = {**scored(held_out.gold, pred, labels), "classes": int(tb.covered[k].sum())}
+    ensemble = scored(held_out.gold, decide(ensemble_probs(tb), tb.valid.any(1)), labels)
+    return per_teacher, ensemble
+
+
 def ensemble_agreement(model, tokenizer, config: DistillConfig, stream) -> float:
-    """Student argmax vs the mean-of-teachers argmax on the first cached rows."""
+    """Student argmax vs the ensemble's (`ensemble_probs`) on the first cached rows."""
     texts, targets = [], []
     for batch in stream.epoch(0):
-        tb = batch.teachers
-        if tb.logits.shape[-1] == 1:
-            targets.append((tb.logits[..., 0] * tb.valid).sum(1) / tb.valid.sum(1).clamp_min(1) > 0)
-        else:
-            # Per class, the mean over the valid teachers that cover it (the union ensemble):
-            # a plain sum would favour classes that several teachers cover.
-            probs = torch.softmax(tb.logits.masked_fill(~tb.covered, -1e9), -1)
-            voters = tb.covered[None] & tb.valid[..., None]
-            targets.append(((probs * voters).sum(1) / voters.sum(1).clamp_min(1)).argmax(-1))
+        targets.append(decide(ensemble_probs(batch.teachers), batch.teachers.valid.any(1)))
         texts += batch.texts
         if len(texts) >= AGREEMENT_ROWS:
             break
     student = predict(model, tokenizer, texts, config.student.max_length)
-    target = torch.cat(targets).numpy()
     pred = student[:, 0] > 0 if student.shape[1] == 1 else student.argmax(1)
-    return float((pred == target).mean())
+    return float((pred == np.concatenate(targets)).mean())
 
 
-def evaluate(model, tokenizer, config: DistillConfig, stream, labels: LabelSpace) -> dict:
+def evaluate(model, tokenizer, config: DistillConfig, stream, labels: LabelSpace,
+             held_out: EvalSet | None = None) -> dict:
+    """The report's `eval`: ensemble agreement on training rows and, with an eval set, the
+    student's scores (top level) beside each teacher's and the ensemble's."""
     result = {"ensemble_agreement": ensemble_agreement(model, tokenizer, config, stream)}
-    if config.eval:
-        texts, gold = read_labelled(config, labels)
-        logits = predict(model, tokenizer, texts, config.student.max_length)
-        if labels.scores:
-            result["accuracy"] = float(((logits[:, 0] > 0) == (gold > 0.5)).mean())
-        else:
-            pred = logits.argmax(1)
-            result["accuracy"] = float((pred == gold).mean())
-            result["macro_f1"] = macro_f1(gold, pred, labels.num_labels)
-        result["eval_rows"] = len(texts)
-    return result
+    if held_out is None:
+        return result
+    logits = predict(model, tokenizer, held_out.texts, config.student.max_length)
+    pred = (logits[:, 0] > 0).astype(int) if labels.scores else logits.argmax(1)
+    student = scored(held_out.gold, pred, labels)
+    teachers, ensemble = teacher_scores(held_out, labels)
+    return {**result, **student, "eval_rows": len(held_out.texts),
+            "eval_rows_outside_labels": sum(held_out.outside.values()),
+            "eval_rows_without_text": held_out.without_text,
+            "accuracy_vs_ensemble": student["accuracy"] / ensemble["accuracy"]
+            if ensemble["accuracy"] else None,
+            "outside_labels": held_out.outside, "teachers": teachers, "ensemble": ensemble}

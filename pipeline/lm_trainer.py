@@ -9,14 +9,14 @@ vocabulary, checked by fingerprint before any training.
 
 from __future__ import annotations
 
-from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig, eval_corpus_config
+from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig
 from distill.pipeline.lm_evaluate import evaluate_lm
 from distill.pipeline.lm_losses import next_token_ce
 from distill.pipeline.lm_methods import make_token_method
 from distill.pipeline.lm_reader import TokenBatch, TokenStream
 from distill.pipeline.methods.base import MethodOutput
 from distill.pipeline.student import build_lm_student
-from distill.pipeline.trainer import Recipe, open_caches, student_source
+from distill.pipeline.trainer import Recipe, open_eval_caches, student_source
 from distill.pipeline.vocab import check_same_vocabulary, vocab_fingerprint
 from distill.storage.aligned import AlignedCache
 
@@ -68,7 +68,7 @@ def lm_recipe(config: DistillConfig, aligned: AlignedCache, method: str, acceler
     stream = TokenStream(aligned, train_cfg.batch_size, seed=train_cfg.seed,
                          buffer_shards=train_cfg.shuffle_buffer_shards,
                          rank=accelerator.process_index, world=accelerator.num_processes)
-    held_out = TokenStream(open_caches(eval_corpus_config(config)) if config.eval else aligned,
+    held_out = TokenStream(open_eval_caches(config) if config.eval else aligned,
                            train_cfg.batch_size, shuffle=False)
     before = evaluate_lm(model.eval(), held_out, temperature) if accelerator.is_main_process else {}
     return Recipe(stream, model, tokenizer, [{"params": list(model.parameters()), "lr": train_cfg.lr}],

@@ -15,8 +15,14 @@ def markdown(report: dict) -> str:
              f"legs, resumes included) on {report['processes']} process(es)",
              *measured_on(report), *([f"- folder: {report['output']}"] if "output" in report else []),
              "", "| metric | value |", "|---|---|"]
-    for key, value in report.get("eval", {}).items():
+    for key, value in scalar_metrics(report.get("eval", {})).items():
         lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    compared = side_by_side(report)
+    if compared:
+        lines += ["", f"## On the eval set ({report['eval']['eval_rows']} rows)", "",
+                  "| model | accuracy | macro-F1 |", "|---|---|---|"]
+        lines += [f"| {name} | {s['accuracy']:.4f} | "
+                  f"{format(s['macro_f1'], '.4f') if 'macro_f1' in s else '-'} |" for name, s in compared]
     history = report["history"]
     if history:
         lines += ["", "| step | loss |", "|---|---|"]
@@ -30,9 +36,41 @@ def measured_on(report: dict) -> list[str]:
     lines = []
     if "ensemble_agreement_on" in report:
         lines.append(f"- ensemble_agreement: measured on {report['ensemble_agreement_on']}")
-    if report.get("eval", {}).get("eval_rows"):
-        lines.append(f"- accuracy: on the labelled `eval` file ({report['eval']['eval_rows']} rows)")
+    ev = report.get("eval", {})
+    if ev.get("eval_rows"):
+        lines.append(f"- accuracy: on the labelled `eval` file ({ev['eval_rows']} rows){not_scored(ev)}")
     return lines
+
+
+def not_scored(ev: dict) -> str:
+    """The eval rows left out of every score, and why: counted, never dropped unseen."""
+    parts = []
+    if ev.get("eval_rows_outside_labels"):
+        labels = ", ".join(f"{label} ({n})" for label, n in ev["outside_labels"].items())
+        parts.append(f"{ev['eval_rows_outside_labels']} rows whose label is not a student class "
+                     f"are not scored: {labels}")
+    if ev.get("eval_rows_without_text"):
+        parts.append(f"{ev['eval_rows_without_text']} rows without text are not scored")
+    return "; " + "; ".join(parts) if parts else ""
+
+
+def scalar_metrics(ev: dict) -> dict:
+    """The eval entries that are one value each (the per-model scores are a table of their own)."""
+    return {k: v for k, v in ev.items() if not isinstance(v, dict)}
+
+
+def side_by_side(report: dict) -> list[tuple[str, dict]]:
+    """(model, scores) on the same eval rows: each teacher, their ensemble, the student. A teacher
+    that predicts only some of the student's classes (label maps) says so in its name."""
+    ev = report.get("eval", {})
+    if "ensemble" not in ev:
+        return []
+    classes = len(report.get("labels", []))
+    teachers = [(f"teacher {name}" + (f" ({s['classes']} of {classes} classes)"
+                                      if s["classes"] < classes else ""), s)
+                for name, s in ev["teachers"].items()]
+    student = {k: ev[k] for k in ("accuracy", "macro_f1") if k in ev}
+    return [*teachers, ("ensemble (mean of probabilities)", ev["ensemble"]), ("student", student)]
 
 
 def write_report(out: Path, report: dict) -> None:

@@ -21,9 +21,9 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from distill.pipeline import checkpoints
-from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig
+from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig, eval_corpus_config
 from distill.pipeline.corpus import corpus_plan_id
-from distill.pipeline.evaluate import AGREEMENT_ROWS, evaluate
+from distill.pipeline.evaluate import AGREEMENT_ROWS, eval_set, evaluate
 from distill.pipeline.features import FeatureDistiller, feature_widths
 from distill.pipeline.labels import LabelSpace, build_label_space
 from distill.pipeline.methods import make_method
@@ -147,6 +147,18 @@ def _no_plan_message(config: DistillConfig, cache: Cache, current: str) -> str:
             f"{corpus.rows_per_shard}) in {cache.location}; run `distill cache {config.source}` first")
 
 
+def open_eval_caches(config: DistillConfig) -> AlignedCache:
+    """The teachers' complete caches over the `eval` file, which `distill cache` writes with the
+    corpus's: refused when missing (say, `eval` was added after caching), before any training,
+    rather than reporting the student without its teachers."""
+    try:
+        return open_caches(eval_corpus_config(config))
+    except CacheError as e:
+        reason = str(e).removeprefix(f"{config.source}: ")
+        raise CacheError(f"{config.source}: the report compares the student with its teachers on "
+                         f"the eval file, which needs their caches of it: {reason}") from e
+
+
 def label_space(config: DistillConfig, aligned: AlignedCache) -> LabelSpace:
     student = config.student
     labels = build_label_space(aligned.manifests, student.labels if student else None,
@@ -212,6 +224,7 @@ def classification_recipe(config: DistillConfig, aligned: AlignedCache, method: 
                          rank=accelerator.process_index, world=accelerator.num_processes,
                          calibration=calibration, group_by_length=train_cfg.group_by_length,
                          features=train_cfg.features is not None)
+    held_out = eval_set(config, labels, open_eval_caches(config), calibration) if config.eval else None
     ensemble = make_method(method, temperature=train_cfg.temperature, **train_cfg.method_options)
     source, layers, pick = student_source(config)
     model, tokenizer = build_student(source, labels, layers, pick, source_label_map(config))
@@ -224,7 +237,7 @@ def classification_recipe(config: DistillConfig, aligned: AlignedCache, method: 
     return Recipe(stream, model, tokenizer, groups,
                   loss=lambda m, batch, device: distill_loss(m, tokenizer, ensemble, batch, device,
                                                              config.student.max_length, features),
-                  evaluate=lambda student: evaluate(student, tokenizer, config, stream, labels),
+                  evaluate=lambda student: evaluate(student, tokenizer, config, stream, labels, held_out),
                   report={"labels": labels.labels, "ensemble_agreement_on":
                           f"the training corpus {config.corpus.path} (its first {AGREEMENT_ROWS} "
                           "rows or so, the student's own training rows: not held out)"},

@@ -115,7 +115,7 @@ def _usable(rows: Iterable[tuple[int, object]], skipped: SkippedRows) -> Iterato
     """The rows that are samples, in order; the others are counted in `skipped` (with the first
     few row numbers as examples)."""
     for row, value in rows:
-        reason = _skip_reason(value)
+        reason = skip_reason(value)
         if reason is None:
             yield row, value
             continue
@@ -125,7 +125,8 @@ def _usable(rows: Iterable[tuple[int, object]], skipped: SkippedRows) -> Iterato
             examples.append(row)
 
 
-def _skip_reason(value: object) -> str | None:
+def skip_reason(value: object) -> str | None:
+    """Why a corpus value is not a sample ("non_string", "empty"), or None when it is one."""
     if not isinstance(value, str):
         return "non_string"
     if not value.strip():
