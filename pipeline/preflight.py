@@ -13,6 +13,7 @@ from pathlib import Path
 
 from distill.pipeline.config import ConfigError, CorpusConfig, DistillConfig, TeacherConfig
 from distill.pipeline.corpus import data_files, is_saved_dataset
+from distill.pipeline.labels import check_label_map
 from distill.pipeline.teacher import resolve_model_dir
 
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -42,13 +43,18 @@ def check_corpus(corpus: CorpusConfig, key: str, where: str) -> None:
 
 def check_teacher(teacher: TeacherConfig, where: str) -> dict:
     """The teacher's folder has a config.json, which is returned; one that names custom code
-    (auto_map) is refused unless the config trusts it, so no code is executed by default."""
+    (auto_map) is refused unless the config trusts it, so no code is executed by default. Its
+    label_map names only classes of its id2label (the classes its cache will record)."""
     folder = resolve_model_dir(teacher.model, where)
     settings = json.loads((folder / "config.json").read_text())
     if settings.get("auto_map") and not teacher.trust_remote_code:
         raise ConfigError(f"{where}: teachers[{teacher.name}].model: {folder} ships custom model "
                           f"code (auto_map in config.json), which is never run by default; set "
                           f"teachers[{teacher.name}].trust_remote_code: true if you trust it")
+    classes = settings.get("id2label")
+    if teacher.label_map and classes:  # without id2label, training checks the cached classes
+        check_label_map(teacher.name, teacher.label_map,
+                        [classes[k] for k in sorted(classes, key=int)], where)
     return settings
 
 

@@ -203,3 +203,13 @@ def test_inspect_into_an_unwritable_path_is_one_line(tmp_path, option):
     blocker.write_text("")
     line = one_line_error(["inspect", str(tmp_path), option, str(blocker / "out" / "report.html")])
     assert option in line and "not a writable folder" in line
+
+
+def test_a_label_map_of_unknown_classes_is_refused_before_prefect_starts(project):
+    config = project.config(teachers=[{"name": "a", "model": "teacher-a",
+                                       "label_map": {"class0": "x", "clas1": "y"}}])
+    started = time.monotonic()
+    line = one_line_error(["train", str(config)])
+    assert time.monotonic() - started < 5  # no Prefect server was started for it
+    assert str(config) in line and "teachers[a].label_map: no class 'clas1' in teacher 'a'" in line
+    assert "'class0', 'class1', 'class2', 'class3'" in line
