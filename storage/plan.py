@@ -112,7 +112,7 @@ def _usable(rows: Iterable[tuple[int, object]], skipped: SkippedRows) -> Iterato
     """The rows that are samples, in order; the others are counted in `skipped` (with the first
     few row numbers as examples)."""
     for row, value in rows:
-        reason = _skip_reason(value)
+        reason = skip_reason(value)
         if reason is None:
             yield row, value
             continue
@@ -122,7 +122,9 @@ def _usable(rows: Iterable[tuple[int, object]], skipped: SkippedRows) -> Iterato
             examples.append(row)
 
 
-def _skip_reason(value: object) -> str | None:
+def skip_reason(value: object) -> str | None:
+    """Why a corpus value is not a sample ("non_string", "empty"), or None for a sample; the
+    one definition that plans and the commands' pre-flight check share."""
     if not isinstance(value, str):
         return "non_string"
     if not value.strip():
