@@ -113,3 +113,26 @@ def test_killed_serve_leaves_no_flow_run(tmp_path):
     children = wait_for(lambda: len(shards(tmp_path)) > 2, process)
     assert any("prefect.engine" in c.cmdline() for c in children), [c.cmdline() for c in children]
     kill_and_check(process, children, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory, prefect) -> Path:
+    """A folder whose config has complete caches and trains for long, checkpointing often."""
+    from typer.testing import CliRunner
+
+    from distill.flows.cli import app
+
+    root = tmp_path_factory.mktemp("train")
+    config = write_config(root, rows=200, student={"from_teacher": "a", "layers": 1},
+                          train={"epochs": 200, "batch_size": 8, "checkpoint_every": 2,
+                                 "output": "runs"})
+    result = CliRunner().invoke(app, ["cache", str(config)])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_train_leaves_no_process(cached, sig):
+    process = start(["train", str(cached / "config.yaml"), "--output", f"runs-{sig.name}"], cached)
+    children = wait_for(lambda: any((cached / f"runs-{sig.name}").rglob("checkpoints/*")), process)
+    kill_and_check(process, children, sig)
