@@ -20,6 +20,7 @@ from distill.flows.devices import DevicePool, pinned
 from distill.flows.handoff import announce_if_complete, announce_teacher
 from distill.flows.progress import reporter
 from distill.flows.runners import check_installed, cluster_scope, shard_runner
+from distill.flows.server import exit_with_parent
 from distill.pipeline.caching import NonFiniteOutput, TeacherCache, release_runner, teacher_cache
 from distill.pipeline.calibration import held_out_teachers
 from distill.pipeline.config import ConfigError, DistillConfig, eval_corpus_config, load_config
@@ -123,7 +124,7 @@ def _side_by_side(config: DistillConfig, max_parallel: int | None) -> int:
     return max_parallel or (len(devices) if devices else 1)
 
 
-@flow(name="cache-teachers")
+@flow(name="cache-teachers", on_running=[exit_with_parent])
 def cache_teachers(config: str | DistillConfig, teachers: list[str] | None = None,
                    max_parallel: int | None = None, verify: bool = True,
                    announce: bool = True) -> list[dict]:
@@ -173,7 +174,7 @@ def cache_task(config: str | DistillConfig, task: str, teachers: list[str] | Non
                           verify=verify)
 
 
-@flow(name="cache-tasks")
+@flow(name="cache-tasks", on_running=[exit_with_parent])
 def cache_tasks(config: str | DistillConfig, tasks: list[str] | None = None,
                 teachers: list[str] | None = None, max_parallel: int | None = None,
                 verify: bool = True) -> list[dict]:

@@ -5,17 +5,24 @@ atexit hook; SIGKILL and SIGTERM skip that hook and leave the server running. So
 starts the same server itself (Prefect's uvicorn command, on loopback and a free port) with
 PR_SET_PDEATHSIG, which makes the kernel kill it when the command dies, and points
 PREFECT_API_URL at it. Starting it before the heavy imports lets both proceed at once.
+
+The flow runs of `distill serve` are started by Prefect's runner as subprocesses, which nothing
+stops when the runner is SIGKILLed: `exit_with_parent` ends them with it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
+import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +47,32 @@ def die_with_parent() -> Callable[[], None] | None:
             os._exit(1)
 
     return arm
+
+
+def exit_with_parent(*_hook_arguments) -> None:
+    """An `on_running` hook of the flows `distill serve` deploys. Prefect's runner starts each
+    of their runs in a subprocess (`python -m prefect.engine` with PREFECT__FLOW_RUN_ID set, or
+    a spawned `multiprocessing` child) that nothing stops when the runner is SIGKILLed; there a
+    daemon thread ends the process as soon as its parent is gone. A run in the command's own
+    process (`distill cache`, `distill train`) is left alone."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # its sentinel is a pipe only the parent holds open
+        orphaned = functools.partial(multiprocessing.connection.wait, [parent.sentinel])
+    elif "PREFECT__FLOW_RUN_ID" in os.environ:
+        orphaned = functools.partial(_until_reparented, os.getppid())
+    else:
+        return
+    threading.Thread(target=_exit_after, args=(orphaned,), daemon=True, name="exit-with-parent").start()
+
+
+def _until_reparented(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+
+
+def _exit_after(orphaned: Callable[[], object]) -> None:
+    orphaned()
+    os._exit(1)  # at once, like the SIGKILL its parent got: no Prefect API is left to report to
 
 
 def _free_port() -> int:

@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger
 
 from distill.flows.artifacts import publish_training
 from distill.flows.progress import reporter
+from distill.flows.server import exit_with_parent
 from distill.pipeline.config import DistillConfig, load_config
 from distill.pipeline.continual.trainer import train_continual
 from distill.pipeline.trainer import Progress, train
@@ -17,7 +18,7 @@ def progress_for(method: str) -> Progress:
                     step=lambda step, metrics: report.advance("train", 1))
 
 
-@flow(name="train-student")
+@flow(name="train-student", on_running=[exit_with_parent])
 def train_student(config: str | DistillConfig, method: str | None = None,
                   resume: bool = False) -> dict:
     """Stream the caches, ensemble the teachers with `method`, save student and report into
@@ -32,7 +33,7 @@ def train_student(config: str | DistillConfig, method: str | None = None,
     return {k: v for k, v in report.items() if k not in ("history", "config")}
 
 
-@flow(name="train-continual")
+@flow(name="train-continual", on_running=[exit_with_parent])
 def train_continual_student(config: str | DistillConfig, mode: str | None = None) -> dict:
     """Learn the config's tasks in order from their caches; report the task accuracy matrix."""
     config = config if isinstance(config, DistillConfig) else load_config(config)

@@ -86,7 +86,7 @@ def calibrate_teachers(config: DistillConfig, aligned: AlignedCache) -> list[dic
     from distill.pipeline.evaluate import read_labelled
 
     labels = build_label_space(aligned.manifests, config.student.labels if config.student else None,
-                               {t.name: t.label_map for t in config.teachers})
+                               {t.name: t.label_map for t in config.teachers}, config.source)
     _, gold_by_row = read_labelled(config, labels)
     shards = [aligned.read(i, columns=["logits"]) for i in range(len(aligned))]   # read once
     gold = gold_by_row[np.concatenate([shard.text.column("row").to_numpy() for shard in shards])]

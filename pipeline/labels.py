@@ -30,9 +30,23 @@ class LabelSpace:
         return self.labels == ["score"]
 
 
+def check_label_map(name: str, label_map: dict[str, str], classes: list[str], where: str) -> None:
+    """Every key of a teacher's label_map is one of its classes: a misspelt key would leave its
+    class unmapped without a word, and the student would learn a label space nobody asked for."""
+    unknown = [key for key in label_map if key not in classes]
+    if unknown:
+        raise ConfigError(f"{where}: teachers[{name}].label_map: no class "
+                          f"{', '.join(map(repr, unknown))} in teacher '{name}' (its classes: "
+                          f"{', '.join(map(repr, classes))}); map only those")
+
+
 def build_label_space(manifests: list[TeacherManifest], student_labels: list[str] | None = None,
-                      label_maps: dict[str, dict[str, str]] | None = None) -> LabelSpace:
+                      label_maps: dict[str, dict[str, str]] | None = None,
+                      where: str = "the config") -> LabelSpace:
+    """`where` (the config file) starts the message of a label map that names unknown classes."""
     label_maps = label_maps or {}
+    for m in manifests:
+        check_label_map(m.name, label_maps.get(m.name, {}), m.settings["labels"], where)
     widths = {m.settings["num_labels"] for m in manifests}
     if 1 in widths:
         if widths != {1}:

@@ -1,8 +1,9 @@
-"""Checks of a config's inputs that need no model, no corpus read and no Prefect server.
+"""Checks of a config's inputs that need no model, no Prefect server and no more of the corpus
+than its first usable row.
 
-The commands run them first, so a missing file or folder, a model that would run custom code,
-or a student that cannot be cut from its teacher is reported in well under a second, before any
-flow starts. Nothing here imports torch, transformers or `datasets`.
+The commands run them first, so a missing file or folder, a corpus without text, a model that
+would run custom code, or a student that cannot be cut from its teacher is reported in well
+under a second, before any flow starts. Nothing here imports torch, transformers or `datasets`.
 """
 
 from __future__ import annotations
@@ -10,16 +11,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
 from distill.pipeline.config import ConfigError, CorpusConfig, DistillConfig, TeacherConfig
-from distill.pipeline.corpus import data_files, is_saved_dataset
+from distill.pipeline.corpus import BUILDERS, data_files, is_saved_dataset
+from distill.pipeline.labels import check_label_map
 from distill.pipeline.teacher import resolve_model_dir
+from distill.storage.plan import skip_reason
 
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
 
 def check_corpus(corpus: CorpusConfig, key: str, where: str) -> None:
-    """A local corpus exists, is of a kind we read, holds data and can be read (object-store
+    """A local corpus exists, is of a kind we read, can be read and holds text (object-store
     URLs are checked when read)."""
     if "://" in corpus.path:
         return
@@ -38,17 +46,79 @@ def check_corpus(corpus: CorpusConfig, key: str, where: str) -> None:
     unreadable = [p for p in [path, *files] if not os.access(p, os.R_OK)]
     if unreadable:
         raise ConfigError(f"{where}: {key}.path: cannot read {unreadable[0]}; check its permissions")
+    if not has_text(files, corpus.text_column):
+        raise ConfigError(f"{where}: {key}.path: no row of {path} has text in column "
+                          f"'{corpus.text_column}' (every one is blank, missing or not text); point "
+                          f"it at a corpus with text or set {key}.text_column")
+
+
+def has_text(files: list[Path], column: str) -> bool:
+    """Whether some row of `files` has a sample in `column` (storage/plan.py's definition),
+    reading only up to the first one. A file this scan cannot parse, or a kind it does not scan,
+    counts as having text: the corpus reader reads it the way training will and reports what
+    is wrong, so this check never refuses a corpus that reader would take."""
+    scanners = [SCANNERS.get(BUILDERS[f.suffix]) for f in files]
+    if None in scanners:
+        return True
+    try:
+        return any(skip_reason(value) is None
+                   for file, scan in zip(files, scanners) for value in scan(file, column))
+    except (ValueError, OSError, pa.ArrowException):
+        return True
+
+
+def _json_values(file: Path, column: str) -> Iterator[object]:
+    """JSON lines; a file of one JSON document (not lines of objects) raises ValueError."""
+    with file.open(encoding="utf-8") as lines:
+        for line in filter(str.strip, lines):
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"{file} is not JSON lines")
+            yield row.get(column)
+
+
+def _csv_values(file: Path, column: str) -> Iterator[object]:
+    """The column read as text, never as numbers or dates, so no value that the `datasets` csv
+    reader (pandas) keeps as text is taken for something else."""
+    reader = pa_csv.open_csv(
+        file, parse_options=pa_csv.ParseOptions(delimiter="\t" if file.suffix == ".tsv" else ","),
+        convert_options=pa_csv.ConvertOptions(column_types={column: pa.string()}))
+    found = reader.schema.get_all_field_indices(column)
+    for batch in reader if found else []:
+        yield from batch.column(found[0]).to_pylist()
+
+
+def _text_values(file: Path, column: str) -> Iterator[object]:
+    """One row per line, in the only column a text file has: `text`."""
+    if column == "text":
+        with file.open(encoding="utf-8") as lines:
+            yield from lines
+
+
+def _parquet_values(file: Path, column: str) -> Iterator[object]:
+    parquet = pq.ParquetFile(file)
+    if column in parquet.schema_arrow.names:
+        for batch in parquet.iter_batches(columns=[column]):
+            yield from batch.column(0).to_pylist()
+
+
+SCANNERS = {"json": _json_values, "csv": _csv_values, "text": _text_values, "parquet": _parquet_values}
 
 
 def check_teacher(teacher: TeacherConfig, where: str) -> dict:
     """The teacher's folder has a config.json, which is returned; one that names custom code
-    (auto_map) is refused unless the config trusts it, so no code is executed by default."""
+    (auto_map) is refused unless the config trusts it, so no code is executed by default. Its
+    label_map names only classes of its id2label (the classes its cache will record)."""
     folder = resolve_model_dir(teacher.model, where)
     settings = json.loads((folder / "config.json").read_text())
     if settings.get("auto_map") and not teacher.trust_remote_code:
         raise ConfigError(f"{where}: teachers[{teacher.name}].model: {folder} ships custom model "
                           f"code (auto_map in config.json), which is never run by default; set "
                           f"teachers[{teacher.name}].trust_remote_code: true if you trust it")
+    classes = settings.get("id2label")
+    if teacher.label_map and classes:  # without id2label, training checks the cached classes
+        check_label_map(teacher.name, teacher.label_map,
+                        [classes[k] for k in sorted(classes, key=int)], where)
     return settings
 
 

@@ -162,7 +162,7 @@ def open_eval_caches(config: DistillConfig) -> AlignedCache:
 def label_space(config: DistillConfig, aligned: AlignedCache) -> LabelSpace:
     student = config.student
     labels = build_label_space(aligned.manifests, student.labels if student else None,
-                               {t.name: t.label_map for t in config.teachers})
+                               {t.name: t.label_map for t in config.teachers}, config.source)
     if student and student.num_labels and student.num_labels != labels.num_labels:
         raise ConfigError(f"{config.source}: student.num_labels is {student.num_labels} but the "
                           f"teachers' label space has {labels.num_labels} classes ({labels.labels})")

@@ -126,7 +126,8 @@ def _usable(rows: Iterable[tuple[int, object]], skipped: SkippedRows) -> Iterato
 
 
 def skip_reason(value: object) -> str | None:
-    """Why a corpus value is not a sample ("non_string", "empty"), or None when it is one."""
+    """Why a corpus value is not a sample ("non_string", "empty"), or None for a sample; the
+    one definition that plans and the commands' pre-flight check share."""
     if not isinstance(value, str):
         return "non_string"
     if not value.strip():

@@ -203,3 +203,52 @@ def test_inspect_into_an_unwritable_path_is_one_line(tmp_path, option):
     blocker.write_text("")
     line = one_line_error(["inspect", str(tmp_path), option, str(blocker / "out" / "report.html")])
     assert option in line and "not a writable folder" in line
+
+
+def test_a_label_map_of_unknown_classes_is_refused_before_prefect_starts(project):
+    config = project.config(teachers=[{"name": "a", "model": "teacher-a",
+                                       "label_map": {"class0": "x", "clas1": "y"}}])
+    started = time.monotonic()
+    line = one_line_error(["train", str(config)])
+    assert time.monotonic() - started < 5  # no Prefect server was started for it
+    assert str(config) in line and "teachers[a].label_map: no class 'clas1' in teacher 'a'" in line
+    assert "'class0', 'class1', 'class2', 'class3'" in line
+
+
+BLANK_ROWS = [{"text": "  "}, {"text": ""}, {"text": None}, {"text": 7}, {"other": "words"}]
+
+
+def _blank_corpus(folder, kind: str):
+    """The rows of BLANK_ROWS, none of which is a sample, as a corpus file of `kind`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / f"blank.{kind}"
+    if kind == "jsonl":
+        tiny.write_jsonl(path, BLANK_ROWS * 2000)
+    elif kind == "parquet":
+        pq.write_table(pa.table({"text": [" ", "", None], "other": ["a", "b", "c"]}), path)
+    elif kind == "txt":
+        path.write_text("\n  \n\t\n")
+    else:
+        sep = "\t" if kind == "tsv" else ","
+        path.write_text(f"other{sep}text\nwords{sep}\nmore{sep}\"  \"\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv", "tsv", "txt", "parquet"])
+def test_a_corpus_without_text_is_refused_before_prefect_starts(project, kind):
+    config = project.config(corpus={"path": _blank_corpus(project.root, kind).name})
+    started = time.monotonic()
+    line = one_line_error(["cache", str(config)])
+    assert time.monotonic() - started < 2
+    assert "corpus.path: no row of" in line and "has text in column 'text'" in line
+
+
+def test_text_after_blank_rows_or_in_a_file_the_scan_cannot_parse_passes(project):
+    blank = _blank_corpus(project.root, "jsonl")
+    with blank.open("a") as rows:
+        rows.write('{"text": "finally a sentence"}\n')
+    (project.root / "array.json").write_text('[{"text": "a JSON document, not lines"}]')
+    for path in (blank, project.root / "array.json"):
+        check_inputs(load_config(project.config(corpus={"path": path.name})))

@@ -61,3 +61,18 @@ def test_missing_keys_and_files(tmp_path):
         load_config(tmp_path / "none.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(_write(tmp_path, "corpus: [unclosed"))
+
+
+def test_a_label_map_naming_classes_the_cached_teacher_lacks_is_refused():
+    """Training checks the map against the classes its cache recorded, whatever pre-flight saw."""
+    from distill.pipeline.labels import build_label_space
+    from distill.storage.records import TeacherManifest
+
+    manifest = TeacherManifest(teacher_id="0" * 16, name="a", plan_id="p", format_version=1,
+                               code_version="test", fingerprint={}, columns={},
+                               settings={"num_labels": 2, "labels": ["neg", "pos"]})
+    assert build_label_space([manifest], None, {"a": {"pos": "good"}}).labels == ["neg", "good"]
+    with pytest.raises(ConfigError) as e:
+        build_label_space([manifest], None, {"a": {"positive": "good", "pos": "ok"}}, "d.yaml")
+    assert str(e.value) == ("d.yaml: teachers[a].label_map: no class 'positive' in teacher 'a' "
+                            "(its classes: 'neg', 'pos'); map only those")

@@ -71,7 +71,7 @@ def open_tasks(config: DistillConfig, batch_size: int, seed: int) -> tuple[Label
         except CacheError as e:
             raise CacheError(f"task '{task.name}' has no complete teacher cache ({e}). Cache it "
                              f"with `distill cache {config.source} --task {task.name}`") from None
-        space = build_label_space(aligned.manifests, labels, maps)
+        space = build_label_space(aligned.manifests, labels, maps, config.source)
         classes = torch.tensor([labels.index(label) for label in task.labels])
         if not space.covered[:, classes].all(1).any():
             raise ConfigError(f"{config.source}: tasks[{task.name}].labels: no teacher predicts all of "
