@@ -8,7 +8,7 @@
   caching run emits once every teacher's cache is complete (flows/handoff.py).
 
 Flow runs execute in subprocesses of this process, which needs the models and the cache in
-reach; scale out by serving the same config on more machines (DESIGN.md section 7).
+reach; scale out by serving the same config on more machines (docs/scaling.md).
 """
 
 from __future__ import annotations

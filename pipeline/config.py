@@ -1,4 +1,5 @@
-"""The one YAML config (DESIGN.md section 6), validated with pydantic.
+"""The one YAML config, validated with pydantic; docs/config.md is generated from these models
+(python -m distill.pipeline.config_docs).
 
 Every error names the file, the key and what to do. Relative paths are taken relative to the
 config file, so a config and its data can move together.
@@ -343,7 +344,7 @@ def _explain(error: ValidationError, source: str, prefix: tuple = ()) -> str:
         key = ".".join(str(p) for p in prefix + err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key; remove it or check its spelling "
-                         "(see the config reference in README.md)")
+                         "(see the config reference, docs/config.md)")
         elif err["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
         else:
