@@ -1,4 +1,4 @@
-"""Cache throughput and cache size on the real MiniLM-L6 teacher (BENCHMARK.md, speed table).
+"""Cache throughput and cache size on the real MiniLM-L6 teacher (bench/README.md, "Cache speed and size").
 
   cache throughput = `distill cache` rows/s / a bare `model(**batch)` loop over the same texts,
                      same batch size, batches padded to their longest text in corpus order

@@ -1,5 +1,5 @@
-"""Causal-LM cache size and fidelity on the real SmolLM2-135M (BENCHMARK.md, "cache size, causal
-LM"), over held-out real text (WordNet test glosses).
+"""Causal-LM cache size and fidelity on the real SmolLM2-135M (bench/README.md, "Causal-LM cache
+size and fidelity"), over held-out real text (WordNet test glosses).
 
 Caches are written by the real cache path (`teacher_cache(...).compute`) for top-k k = 16, 32, 64
 and sampled N = 16, 32, next to a plain top-k baseline of the same k (int32 ids + bfloat16

@@ -1,4 +1,4 @@
-"""Quality of label-free distillation on WordNet-12 (BENCHMARK.md, "Quality").
+"""Quality of label-free distillation on WordNet-12 (bench/README.md, "Quality").
 
 Teachers: the real all-MiniLM-L6-v2 fine-tuned with the demo's settings (pipeline/demo.py), each on
 its own slice (`teacher_slice(k)`) and seed. Every teacher set is cached with the `cache-teachers`
@@ -50,7 +50,7 @@ ALL = list(range(len(NAMES)))
 # fine-tuned until it fits its 40 % shuffled labels (`poor_teacher_epochs`): after the usual 2
 # epochs a network has learnt the clean signal but not yet the noise (test accuracy 0.826
 # against 0.868, too close to the others to count as poor), while the noisy teacher of
-# shared/research/govern-check.md had memorised its noise (0.445).
+# the pre-build GOVERN check (docs/methods.md) had memorised its noise (0.445).
 TEACHERS = {
     "a0": (ALL, 0, 0, 0.0), "a1": (ALL, 1, 1, 0.0), "a2": (ALL, 2, 2, 0.0),
     "a2-poor": (ALL, 2, 2, 0.4),
@@ -240,7 +240,7 @@ def ensemble_scores(setting: str, rows: np.ndarray, logits: list[np.ndarray], go
     Each teacher's softmax (T=1) is scattered into the 12 classes. Ensemble: per class, the
     mean over the teachers covering it; with `weighted`, each teacher weighs by its confidence
     (max probability) on that row. In (a) every teacher covers every class, so the plain mean
-    is the ensemble of BENCHMARK.md; in (b) the confidence-weighted union is.
+    is the ensemble the targets divide by; in (b) the confidence-weighted union is.
     """
     gold = gold_all[rows]
     n, C = len(rows), len(NAMES)

@@ -1,4 +1,4 @@
-"""Training-side speed figures (BENCHMARK.md, speed table), real MiniLM teachers and student:
+"""Training-side speed figures (bench/README.md, "Training speed"), real MiniLM teachers and student:
 
   data-path overhead = student steps/s streaming 3 teacher caches from disk
                        / steps/s with the same targets already in memory        (target >= 0.97)

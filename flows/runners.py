@@ -3,7 +3,7 @@ processes of a Ray (prefect-ray) or Dask (prefect-dask) cluster (`runner` in the
 
 Threads share one loaded teacher per process and cost nothing to start. A cluster spreads a
 teacher's shards over many GPUs and machines, but starting one costs 10-30 s here
-(README "Task runners"), so a local cluster (no `address`) is started only when a shard needs
+(docs/scaling.md, "Task runners"), so a local cluster (no `address`) is started only when a shard needs
 computing, and once per `cluster_scope`: every teacher of one `distill cache` shares it.
 
 Worker processes report their task runs to the Prefect API. Without a configured server that

@@ -9,7 +9,7 @@
 
 Flow runs execute in subprocesses of this process, which needs the models and the cache in
 reach; they end with it however it ends (`exit_with_parent`, flows/server.py). Scale out by
-serving the same config on more machines (DESIGN.md section 7).
+serving the same config on more machines (docs/scaling.md).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def run_sql(cache: Cache, query: str, teachers: list[str] | None = None,
         result = con.sql(query)
     except duckdb.Error as e:
         raise SqlError(f"SQL failed: {e}\nviews (quote names that are not plain identifiers, "
-                       f'e.g. "teacher-a"):\n{describe(con)}\nexamples: README.md, '
+                       f'e.g. "teacher-a"):\n{describe(con)}\nexamples: docs/operations.md, '
                        "'SQL over a cache'") from e
     return result.fetch_arrow_table() if result is not None else pa.table({})
 

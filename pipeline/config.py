@@ -1,4 +1,5 @@
-"""The one YAML config (DESIGN.md section 6), validated with pydantic.
+"""The one YAML config, validated with pydantic; docs/config.md is generated from these models
+(python -m distill.pipeline.config_docs).
 
 Every error names the file, the key and what to do. Relative paths are taken relative to the
 config file, so a config and its data can move together.
@@ -22,61 +23,101 @@ class Strict(BaseModel):
 
 
 class CorpusConfig(Strict):
-    path: str = Field(description="jsonl/json/csv/parquet/txt file, a folder of them, or a "
-                                  "saved `datasets` directory")
-    text_column: str = "text"
-    rows_per_shard: int = Field(4096, ge=1)
-    split: str = "train"
+    path: str = Field(description="a `.jsonl`/`.json`/`.csv`/`.tsv`/`.parquet`/`.txt`/`.arrow` "
+                                  "file, a folder of one kind of them, or a folder written by "
+                                  "`datasets`' `save_to_disk`; relative to the config file")
+    text_column: str = Field("text", description="the column holding the input text")
+    rows_per_shard: int = Field(4096, ge=1, description="rows per shard; fixed by the plan, "
+                                                        "shared by every teacher")
+    split: str = Field("train", description="split of a saved `DatasetDict`")
 
 
 class MCDropoutConfig(Strict):
-    passes: int = Field(16, ge=2)
-    seed: int = 0
+    """MC dropout: M passes with dropout on (`model.train()`, so attention dropout too)."""
+
+    passes: int = Field(16, ge=2, description="stochastic forward passes per text")
+    seed: int = Field(0, description="seed of the dropout masks (per shard)")
 
 
 class FeaturesConfig(Strict):
     layer: int = Field(-1, description="hidden-state index; -1 is the last layer")
-    pooling: Literal["mean", "token"] = "mean"
-    project_to: int | None = Field(None, ge=1, description="fixed seeded random projection")
-    seed: int = 0
+    pooling: Literal["mean", "token"] = Field("mean", description="`mean`: one vector per text; "
+                                                                 "`token`: one per token")
+    project_to: int | None = Field(None, ge=1, description="width of a fixed seeded random "
+                                                           "projection; none keeps the hidden size")
+    seed: int = Field(0, description="seed of the projection")
 
 
 class CalibrationConfig(Strict):
     """Puts a teacher's logits on the ensemble's scale: logits * scale + bias."""
 
-    scale: float = 1.0
-    bias: float = 0.0
+    scale: float = Field(1.0, description="logits are multiplied by this")
+    bias: float = Field(0.0, description="then this is added")
 
 
 class LMTargetsConfig(Strict):
     """What a causal-LM teacher stores per token (both modes at `temperature`, which training
     then uses: the tail of a top-k list and the draws cannot be re-tempered later)."""
 
-    mode: Literal["top-k", "sampled"] = "top-k"
+    mode: Literal["top-k", "sampled"] = Field(
+        "top-k", description="`top-k`: per token the top-k ids and log-probs plus the log of the "
+                             "mass outside them; `sampled`: `samples` draws kept as unique ids "
+                             "with counts")
     k: int = Field(32, ge=1, description="top-k: ids and log-probs kept per token")
     samples: int = Field(32, ge=1, le=255, description="sampled: draws per token")
-    temperature: float = Field(1.0, gt=0)
-    seed: int = 0
+    temperature: float = Field(1.0, gt=0, description="both modes are taken at this temperature, "
+                                                      "which training then uses")
+    seed: int = Field(0, description="sampled: seed of each text's own generator")
 
 
 class TeacherConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    model: str
-    kind: Literal["classification", "causal-lm"] = "classification"
-    max_length: int = Field(128, ge=2)
-    batch_size: int = Field(64, ge=1)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:1, ...")
-    logits_dtype: Literal["float32", "float16"] = "float32"
-    on_nonfinite: Literal["error", "skip"] = "error"
-    mc_dropout: MCDropoutConfig | None = None
-    features: FeaturesConfig | None = None
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="unique name (letters, digits, `_ . -`)")
+    model: str = Field(description="a folder written by `save_pretrained` (relative to the config), "
+                                   "or a hub id already in the local Hugging Face cache; never "
+                                   "downloaded. A continual student's folder "
+                                   "(`prompt_pool.safetensors` beside the weights) is a "
+                                   "prompt-based teacher: run with its prompts, also caching its "
+                                   "prompt vectors (see [continual.md](continual.md))")
+    kind: Literal["classification", "causal-lm"] = Field(
+        "classification", description="`classification`: any `AutoModelForSequenceClassification`; "
+                                      "one label = a relevance/regression score. `causal-lm`: any "
+                                      "`AutoModelForCausalLM`, cached as sparse next-token targets "
+                                      "(see [causal-lm.md](causal-lm.md))")
+    max_length: int = Field(128, ge=2, description="longer texts are truncated, counted per shard "
+                                                   "and flagged per row (`truncated`)")
+    batch_size: int = Field(64, ge=1, description="rows per forward pass (batches are grouped by "
+                                                  "length)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="`bfloat16` / `float16` run the forward under autocast")
+    device: str = Field("auto", description="`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`, ...")
+    logits_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="`float16` halves the cache for C >= 2 classes; single scores stay "
+                               "float32")
+    on_nonfinite: Literal["error", "skip"] = Field(
+        "error", description="`error`: a NaN/inf output stops the run naming the teacher, shard and "
+                             "rows; `skip`: the row's values are stored as null and counted "
+                             "(`nonfinite`)")
+    mc_dropout: MCDropoutConfig | None = Field(
+        None, description="MC dropout, e.g. `{passes: 16}`: M passes with dropout on "
+                          "(`model.train()`, so attention dropout too); stores mean probabilities, "
+                          "normalised entropy and mutual information (MUKA's certainty)")
+    features: FeaturesConfig | None = Field(
+        None, description="cache hidden states at a layer, mean-pooled or per token, fp16, "
+                          "optionally through a fixed seeded random projection (for "
+                          "`train.features`)")
     label_map: dict[str, str] = Field(default_factory=dict,
-                                      description="teacher class -> student class (training only)")
-    calibration: CalibrationConfig | None = None
-    lm: LMTargetsConfig | None = Field(None, description="causal-lm: sparse per-token targets")
-    trust_remote_code: bool = Field(False, description="run the custom model code a folder's "
-                                                       "config.json names in auto_map")
+                                      description="rename teacher classes into student classes "
+                                                  "(training only; MUKA label subsets); a key "
+                                                  "that is not a class of the teacher is refused")
+    calibration: CalibrationConfig | None = Field(
+        None, description="applied to the teacher's logits before ensembling (training only; "
+                          "recorded in the student's report); `distill calibrate --write` fits it")
+    lm: LMTargetsConfig | None = Field(None, description="causal-lm: sparse per-token targets; "
+                                                         "`{mode: top-k, k: 32}` when left out")
+    trust_remote_code: bool = Field(False, description="run the custom model code a teacher "
+                                                       "folder's `config.json` names in `auto_map`; "
+                                                       "without it such a teacher is refused")
 
     @model_validator(mode="after")
     def _kind_settings(self) -> "TeacherConfig":
@@ -95,13 +136,21 @@ class TeacherConfig(Strict):
 
 
 class StudentConfig(Strict):
-    model: str | None = Field(None, description="a checkpoint folder to start from")
-    from_teacher: str | None = Field(None, description="initialise by truncating this teacher")
-    layers: int | None = Field(None, ge=1, description="with from_teacher: layers to keep")
-    pick: Literal["first", "even"] = "even"
-    labels: list[str] | None = None
-    num_labels: int | None = Field(None, ge=1, description="checked against the label space")
-    max_length: int = Field(128, ge=2)
+    model: str | None = Field(None, description="start from this checkpoint (a new head is put "
+                                                "on for the student's labels); or use "
+                                                "`from_teacher`")
+    from_teacher: str | None = Field(
+        None, description="truncate this teacher to `layers` layers (DistilBERT-style init); its "
+                          "classification head rows carry over by label name (after its "
+                          "`label_map`), so the student knows the teacher's classes from step 0 "
+                          "and only classes the teacher never had start fresh")
+    layers: int | None = Field(None, ge=1, description="with `from_teacher`: layers to keep")
+    pick: Literal["first", "even"] = Field("even", description="with `from_teacher`: keep the "
+                                                              "`first` layers or `even`ly spaced ones")
+    labels: list[str] | None = Field(None, description="the student's classes, in order; default: "
+                                                       "the union of the teachers' classes")
+    num_labels: int | None = Field(None, ge=1, description="optional check against the label space")
+    max_length: int = Field(128, ge=2, description="student input length")
 
 
 class FeatureLossConfig(Strict):
@@ -111,74 +160,106 @@ class FeatureLossConfig(Strict):
     layer: int = Field(-1, description="student hidden-state index")
     consensus: bool = Field(True, description="ADM consensus weights; false = uniform weights")
     tau: float = Field(0.1, gt=0, description="temperature of the consensus softmax over positions")
-    distance: Literal["cosine", "mse"] = "cosine"
+    distance: Literal["cosine", "mse"] = Field("cosine", description="1 − cos, or MSE, between the "
+                                                                     "projected student and the "
+                                                                     "teacher features")
 
 
 class TrainConfig(Strict):
-    method: str = "mean"
-    method_options: dict = Field(default_factory=dict)
-    features: FeatureLossConfig | None = None
-    temperature: float = Field(2.0, gt=0)
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(32, ge=1)
-    grad_accumulation: int = Field(1, ge=1)
-    lr: float = Field(5e-5, gt=0)
-    head_lr: float | None = Field(None, gt=0, description="learning rate of the new head")
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.06, ge=0, lt=1)
-    seed: int = 0
-    shuffle_buffer_shards: int = Field(2, ge=1)
-    group_by_length: bool = Field(True, description="batches of similar text length pad less")
-    checkpoint_every: int = Field(0, ge=0, description="steps; 0 = only at the end")
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    ce_weight: float = Field(0.0, ge=0, le=1, description="causal-lm: weight of cross-entropy on "
-                                                          "the text, mixed with the distillation loss")
-    output: str = "runs/student"
+    method: str = Field("mean", description="`mean`, `median`, `max-confidence`, `single`, `govern`, "
+                                            "`muka`; for causal-LM teachers `mean` or `govern` (per "
+                                            "token); see [methods.md](methods.md)")
+    method_options: dict = Field(default_factory=dict,
+                                 description="`single: {teacher: 0}`; `muka: {mode: soft or hard, "
+                                             "tau: 0.2, margin_weight: true, normalize: batch or "
+                                             "none}`")
+    features: FeatureLossConfig | None = Field(
+        None, description="add the consensus-weighted feature loss (needs `features` cached for at "
+                          "least one teacher; see [methods.md](methods.md))")
+    temperature: float = Field(2.0, gt=0, description="KD temperature (KL is scaled by T²)")
+    epochs: int = Field(3, ge=1, description="passes over the cached rows")
+    batch_size: int = Field(32, ge=1, description="rows per step (per process)")
+    grad_accumulation: int = Field(1, ge=1, description="batches per optimizer step")
+    lr: float = Field(5e-5, gt=0, description="AdamW learning rate, linear warmup and decay")
+    head_lr: float | None = Field(None, gt=0, description="learning rate of the new classifier "
+                                                          "head; default: `lr`")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="share of the steps spent warming up")
+    seed: int = Field(0, description="the epoch order is a function of (seed, epoch): shard order "
+                                     "permuted, rows shuffled within windows of "
+                                     "`shuffle_buffer_shards` shards")
+    shuffle_buffer_shards: int = Field(2, ge=1, description="shards per shuffle window")
+    group_by_length: bool = Field(True, description="sort mega-batches of 16 steps by text length "
+                                                    "and shuffle the resulting batches: less padding "
+                                                    "(WordNet-12 demo student: 59.6 s instead of 75 s "
+                                                    "for 150 steps, accuracy 0.877 vs 0.873)")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints (always one at "
+                                                       "the end)")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto", description="`auto`: bf16 (or fp16) on CUDA, none on CPU")
+    ce_weight: float = Field(0.0, ge=0, le=1, description="causal-LM students: loss = (1 − w)·"
+                                                          "distillation + w·cross-entropy on the "
+                                                          "cached text")
+    output: str = Field("runs/student", description="the run folder: each method's student, report "
+                                                    "and checkpoints go to `OUTPUT/METHOD/` (a "
+                                                    "continual run writes `OUTPUT/student` and "
+                                                    "`OUTPUT/report.json`)")
 
 
 class TaskConfig(Strict):
     """One task of continual distillation: its corpus slice and the student classes it brings."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    corpus: CorpusConfig
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="unique task name")
+    corpus: CorpusConfig = Field(description="the task's corpus slice (same keys as `corpus`)")
     labels: list[str] = Field(min_length=1, description="this task's classes, disjoint from the "
-                                                         "other tasks'")
+                                                         "other tasks'; the student's classes are "
+                                                         "all tasks' labels in task order")
 
 
 class ContinualConfig(Strict):
     """How the student learns the tasks (pipeline/continual): CDL-Prompt or a baseline."""
 
     mode: Literal["prompts", "finetune", "joint"] = Field(
-        "prompts", description="prompts: L2P pool, frozen backbone (CDL); finetune: sequential "
-                               "full fine-tuning; joint: all tasks at once (upper bound)")
-    pool_size: int = Field(10, ge=1)
-    prompt_length: int = Field(5, ge=1)
-    top_k: int = Field(5, ge=1, description="prompts selected per input")
-    match_weight: float = Field(0.1, ge=0, description="weight of the key-query matching loss")
-    ce_weight: float = Field(0.5, ge=0, le=1, description="CE on the teacher argmax; the KL term "
-                                                          "gets 1 - ce_weight")
+        "prompts", description="`prompts` (CDL-Prompt: L2P pool, frozen backbone), `finetune` "
+                               "(sequential, whole model, no prompts), `joint` (all tasks at once, "
+                               "the upper bound)")
+    pool_size: int = Field(10, ge=1, description="L2P pool: prompts in the pool")
+    prompt_length: int = Field(5, ge=1, description="vectors per prompt")
+    top_k: int = Field(5, ge=1, description="prompts selected per input (`top_k` × `prompt_length` "
+                                            "slots are added to `student.max_length`)")
+    match_weight: float = Field(0.1, ge=0, description="weight of the key–query matching loss")
+    ce_weight: float = Field(0.5, ge=0, le=1, description="weight of CE on the teacher argmax (the "
+                                                          "T²·KL term gets 1 − `ce_weight`)")
     map_teacher_prompts: bool = Field(
-        True, description="prompts mode: map the cached prompt vectors of prompt-based teachers "
-                          "into the student (CDL-Prompt v1); false: logits only")
-    mapping_components: int = Field(100, ge=1, description="components of each teacher's mapping")
-    mapping_length: int = Field(8, ge=1, description="prompt vectors each mapping inserts")
+        True, description="`prompts` mode: map the cached prompt vectors of prompt-based teachers "
+                          "into the student (CDL-Prompt v1); such a student needs them for every "
+                          "input (see [continual.md](continual.md)). `false`: logits only")
+    mapping_components: int = Field(100, ge=1, description="per mapped teacher: components of its "
+                                                           "attention-based mapping")
+    mapping_length: int = Field(8, ge=1, description="per mapped teacher: prompt vectors it inserts "
+                                                     "(added to the positions, like the pool's)")
 
 
 class EvalConfig(Strict):
-    path: str
-    text_column: str = "text"
-    label_column: str = "label"
+    """The held-out set: labelled for class teachers, plain text for causal-LM teachers."""
+
+    path: str = Field(description="the file (any corpus format), relative to the config")
+    text_column: str = Field("text", description="the column holding the input text")
+    label_column: str = Field("label", description="the column holding the label (class name or "
+                                                   "index)")
 
 
 class ScheduleConfig(Strict):
     """What `distill serve` registers (flows/serve.py): caching on a cron schedule, and training
     that starts by itself once every teacher's cache of the corpus (or of every task) is complete."""
 
-    cron: str = Field(description="when to run the caching flow, e.g. '0 2 * * *' (nightly at 2)")
-    timezone: str = "UTC"
+    cron: str = Field(description="when the caching deployment runs, e.g. `0 2 * * *` (nightly at "
+                                  "2); required by `distill serve`")
+    timezone: str = Field("UTC", description="time zone of `cron`")
     train_methods: list[str] | None = Field(
-        None, description="one triggered training deployment per method; default [train.method] "
-                          "(with `tasks`: the continual student); [] = cache only")
+        None, description="one training deployment per method, each triggered when the caches "
+                          "complete; default `[train.method]` (with `tasks`: the continual "
+                          "student); `[]` = cache only")
 
 
 class RunnerConfig(Strict):
@@ -186,16 +267,22 @@ class RunnerConfig(Strict):
     or the processes of a Ray or Dask cluster; and, without a cluster, which devices teachers
     are spread over (flows/devices.py)."""
 
-    kind: Literal["threads", "ray", "dask"] = "threads"
-    address: str | None = Field(None, description="an existing Ray/Dask cluster; none starts a "
-                                                   "local one for the run")
-    workers: int = Field(2, ge=1, description="threads per teacher, or the worker processes of "
+    kind: Literal["threads", "ray", "dask"] = Field(
+        "threads", description="where shard tasks run: `threads` in the caching process, or the "
+                               "workers of a `ray` or `dask` cluster (see "
+                               "[scaling.md](scaling.md#task-runners))")
+    address: str | None = Field(None, description="an existing Ray (`host:6379`, `ray://host:10001`, "
+                                                   "`auto`) or Dask (`tcp://host:8786`) cluster; none "
+                                                   "starts a local one for the run")
+    workers: int = Field(2, ge=1, description="shard threads per teacher, or the worker processes of "
                                               "a local Ray/Dask cluster")
     shard_resources: dict[str, Any] = Field(
-        default_factory=dict, description="per shard task: Ray options ({num_gpus: 1}) or Dask "
-                                          "worker resources ({GPU: 1})")
-    devices: list[str] | None = Field(None, min_length=1, description="threads only: teachers "
-                                      "side by side, one per device at a time (cuda:0, cuda:1)")
+        default_factory=dict, description="what each shard task asks of a worker: Ray remote "
+                                          "options (`{num_gpus: 1}`, `{resources: {...}}`, "
+                                          "`max_calls`), or Dask worker resources (`{GPU: 1}`)")
+    devices: list[str] | None = Field(None, min_length=1, description="threads only: teachers side "
+                                      "by side, one per device at a time (`[cuda:0, cuda:1]`); each "
+                                      "teacher's `device` is replaced by the one it gets")
 
     @model_validator(mode="after")
     def _fits_kind(self) -> "RunnerConfig":
@@ -212,16 +299,31 @@ class RunnerConfig(Strict):
 
 
 class DistillConfig(Strict):
-    cache: str = "./cache"
-    corpus: CorpusConfig | None = None
-    tasks: list[TaskConfig] | None = Field(None, min_length=1)
-    continual: ContinualConfig | None = None
-    teachers: list[TeacherConfig] = Field(min_length=1)
-    student: StudentConfig | None = None
-    train: TrainConfig | None = None
-    eval: EvalConfig | None = None
-    schedule: ScheduleConfig | None = None
-    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    cache: str = Field("./cache", description="cache root: a path (relative to the config file) or "
+                                              "an fsspec URL such as `s3://bucket/prefix`")
+    corpus: CorpusConfig | None = Field(None, description="the unlabelled corpus; required unless "
+                                                          "`tasks` is given")
+    tasks: list[TaskConfig] | None = Field(None, min_length=1, description=(
+        "continual distillation, instead of the top-level `corpus`: tasks in arrival order, each "
+        "with its own corpus section and its classes (see [continual.md](continual.md))"))
+    continual: ContinualConfig | None = Field(None, description="with `tasks`: how the student "
+                                                                "learns them")
+    teachers: list[TeacherConfig] = Field(min_length=1, description="the teachers, each cached once "
+                                                                    "per corpus")
+    student: StudentConfig | None = Field(None, description="the student to train: `model`, or "
+                                                            "`from_teacher` with `layers`")
+    train: TrainConfig | None = Field(None, description="how `distill train` trains the student")
+    eval: EvalConfig | None = Field(None, description=(
+        "optional labelled set for accuracy and macro-F1 of the student, each teacher and their "
+        "ensemble (`distill cache` also caches every teacher over it); for causal-LM teachers "
+        "plain held-out "
+        "text (no labels), which `distill cache` also caches so the student is compared with the "
+        "teachers without loading them (as it does for prompt-based teachers of a continual "
+        "config whose student maps their prompts); for class teachers also the held-out set of "
+        "`distill calibrate`"))
+    schedule: ScheduleConfig | None = Field(None, description="what `distill serve` schedules")
+    runner: RunnerConfig = Field(default_factory=RunnerConfig,
+                                 description="where `distill cache` runs its shard tasks")
     source: str = Field("<memory>", exclude=True, description="the file this was read from")
 
     @field_validator("teachers")
@@ -344,7 +446,7 @@ def _explain(error: ValidationError, source: str, prefix: tuple = ()) -> str:
         key = ".".join(str(p) for p in prefix + err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key; remove it or check its spelling "
-                         "(see the config reference in README.md)")
+                         "(see the config reference, docs/config.md)")
         elif err["type"] == "missing":
             lines.append(f"  {key}: required key is missing")
         else:

@@ -4,9 +4,9 @@ ADM (arXiv 2503.06685) weighs a feature loss by where student and teacher alread
 per position p, S_p = cos(φ(F_s)_p, F_t,p) through a trainable projector φ, and the weights
 w = stopgrad(normalise(S)) make high-agreement positions count more (an easy-to-hard
 curriculum). Teachers are frozen here, so only ADM's student side (consensus learning) applies;
-its teacher-side divergence loss has nothing to train (shared/research/papers.md section 5.3).
+its teacher-side divergence loss has nothing to train (docs/methods.md, "ADM consensus weighting, offline").
 The paper's exact normalisation and τ were not readable; we use softmax(S/τ) over a row's valid
-positions scaled to mean 1, which keeps the loss scale fixed as S grows (papers.md 5.6).
+positions scaled to mean 1, which keeps the loss scale fixed as S grows (docs/methods.md).
 
 Positions are tokens for token-level features (`pooling: token`; teacher and student must share
 the tokenizer so that position p is the same token) and rows of the batch for pooled features

@@ -1,4 +1,4 @@
-"""Token-level ensembles of causal-LM teachers that share a tokenizer (DESIGN.md section 5).
+"""Token-level ensembles of causal-LM teachers that share a tokenizer (docs/causal-lm.md).
 
 Every method puts the teachers on the union of their sparse supports (plus one tail bucket for
 the rest of the vocabulary: `lm_targets.align`), builds one target per token there and trains

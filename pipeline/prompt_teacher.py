@@ -1,5 +1,5 @@
 """A prompt-based teacher: a folder our continual trainer wrote in `prompts` mode, cached with
-its prompts (CDL-Prompt v1, shared/research/papers.md sections 4.2 and 4.3).
+its prompts (CDL-Prompt v1, docs/continual.md).
 
 Such a folder is a classifier only together with its prompt pool; run as a plain Hugging Face
 classifier it would give other logits. So it is loaded with `ContinualStudent.load` and run

@@ -3,7 +3,7 @@
 Why our own loop instead of `datasets`/DataLoader sharding: the order must be a pure function
 of (seed, epoch) so that a run resumed mid-epoch continues with exactly the batches it would
 have seen, and so that DDP ranks split rows without reading anything to agree on it
-(shared/research/ecosystem.md section 4: the library paths either read everything on rank 0,
+(docs/scaling.md, "Training on several processes": the library paths either read everything on rank 0,
 read everything on every rank, or lose the shuffle buffer on resume). Shards are memory-mapped
 Arrow, so a batch is a gather of the rows it needs, and a background thread prepares the next
 batches while the student trains.

@@ -149,7 +149,7 @@ class ClassificationRunner:
 
     def _mc_dropout(self, batch, passes: int, seed: int) -> dict:
         """M stochastic passes with every dropout on (model.train(), incl. attention dropout),
-        normalisation layers with running statistics kept in eval (ecosystem.md section 5)."""
+        normalisation layers with running statistics kept in eval (docs/methods.md, MUKA)."""
         self.model.train()
         for module in self.model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):

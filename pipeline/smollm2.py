@@ -5,7 +5,7 @@ The package ships one GGUF file (Q4_1) plus a plugin for the `llm` CLI. We only 
 (importing the package would import `llm`, which it does not need to be installed for), let
 transformers dequantize it (needs the `gguf` package), and save an ordinary fp32 checkpoint once:
 the GGUF load takes ~20 s and marks the model "quantized", which `save_pretrained` refuses, so
-the weights go into a fresh model first (shared/research/models-and-data.md).
+the weights go into a fresh model first (docs/causal-lm.md).
 
 Run: python -m distill.pipeline.smollm2 OUT_DIR
 """

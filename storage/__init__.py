@@ -1,7 +1,7 @@
 """The teacher cache on disk or object storage: Arrow shards, plans, manifests.
 
 This package must stay importable without torch or transformers, so that a cache can be
-inspected on any laptop (DESIGN.md section 2).
+inspected on any laptop.
 """
 
 FORMAT_VERSION = 1

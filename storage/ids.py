@@ -1,4 +1,4 @@
-"""Stable 64-bit sample ids from normalised text (DESIGN.md section 3).
+"""Stable 64-bit sample ids from normalised text (docs/cache-format.md).
 
 The id depends on the text only, not on its row, so the same text has the same id in every
 corpus that contains it. Normalisation (Unicode NFC, whitespace collapsed, ends stripped) makes

@@ -4,9 +4,9 @@ We write the IPC *stream* format with an `.arrow` suffix: it is what
 `datasets.Dataset.from_file` memory-maps (zero copy), and plain pyarrow
 (`pa.ipc.open_stream`), Polars (`pl.read_ipc_stream`) and DuckDB (over the pyarrow table) read
 it too. `pyarrow.dataset` reads only the IPC *file* format, so we prune by manifest instead
-(shared/research/ecosystem.md sections 2-3). Uncompressed: dense logits and features barely
+(docs/cache-format.md). Uncompressed: dense logits and features barely
 compress, and uncompressed IPC is read zero-copy. Sparse token-level payloads (a causal LM's
-top-k ids and log-probs) do compress (roughly by half, ecosystem.md section 2.2), so a writer
+top-k ids and log-probs) do compress (roughly by half), so a writer
 may ask for zstd; every reader above decompresses transparently.
 """
 

@@ -446,8 +446,8 @@ def test_accelerate_configs_load():
         assert config.mixed_precision == "no"
 
 
-def test_readme_documents_the_accelerate_configs():
-    readme = (ROOT / "README.md").read_text()
+def test_docs_document_the_accelerate_configs():
+    readme = (ROOT / "docs" / "scaling.md").read_text()
     for name in ("multi-gpu.yaml", "multi-node.yaml"):
         assert f"accelerate launch --config_file examples/accelerate/{name}" in readme
     for line in re.findall(r"^accelerate launch .*$", readme, re.M):

@@ -160,7 +160,7 @@ def test_terminal_report_shows_every_section(scenario):
         assert title in result.output
 
 
-def test_sql_examples_from_the_readme(scenario):
+def test_sql_examples_from_the_docs(scenario):
     def sql(query):
         result = _inspect(scenario, "--json", "--sql", query)
         assert result.exit_code == 0, result.output
@@ -183,7 +183,7 @@ def test_sql_examples_from_the_readme(scenario):
     assert tokens == [{"n": 7, "top": round(-math.log(.6) * 16)}]   # log p = -code / 16
     text = _inspect(scenario, "--sql", "SELECT label, count(*) AS n FROM a GROUP BY label ORDER BY label")
     assert "3 rows" in text.output and "│ z " in text.output
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
     examples = re.search(r"```sql\n(.*?)```", readme, re.S)[1]
     results = [sql(q) for q in examples.split(";") if q.strip()]
     assert len(results) == 5 and all(results)  # every README example runs and finds rows
@@ -242,7 +242,7 @@ def test_sql_views_of_a_recached_teacher(recached):
     assert sql(labels.format("a")) == [{"labels": "xyzxyz"}]
     assert sql(labels.format(f'"a@{ids["old"][:8]}"')) == [{"labels": "zzzzzz"}]
     assert sql(labels.format(f'"a@{ids["partial"][:8]}"')) == [{"labels": "yyyy"}]
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
     examples = re.search(r"```sql\n(.*?)```", readme, re.S)[1]
     assert all(sql(q) for q in examples.split(";") if q.strip())
 

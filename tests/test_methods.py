@@ -1,4 +1,4 @@
-"""Every ensemble rule on hand-made tensors (DESIGN.md section 5)."""
+"""Every ensemble rule on hand-made tensors (docs/methods.md)."""
 
 import math
 

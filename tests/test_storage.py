@@ -85,7 +85,7 @@ def test_datasets_reads_a_shard_memory_mapped(shard_path):
 
 
 def test_duckdb_queries_a_shard(shard_path):
-    """DuckDB has no float16 type: it reads a shard once fp16 columns are left out (README)."""
+    """DuckDB has no float16 type: it reads a shard once fp16 columns are left out (docs/cache-format.md)."""
     import duckdb
 
     table = pa.ipc.open_stream(pa.memory_map(str(shard_path))).read_all()

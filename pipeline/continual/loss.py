@@ -1,12 +1,12 @@
-"""The CDL distillation loss over the current task's classes (DESIGN.md section 5).
+"""The CDL distillation loss over the current task's classes (docs/continual.md).
 
     L = ce_weight * CE(s_cur, argmax t_cur) + (1 - ce_weight) * T^2 * KL(softmax(t_cur/T) || softmax(s_cur/T))
 
 `cur` is the current task's class slice. Slicing the student's logits to it is the paper's
 masking: CODA/L2P code keeps only the classes seen so far (`logits[:, :valid_out_dim]`) and
 sets the past ones to -inf for the CE term, and the KL term already uses the current slice
-only. Label-free: the CE target is the teacher's argmax (papers.md 4.3 suggests pseudo-labels in
-place of the paper's gold labels). With several teachers the target is the mean of their
+only. Label-free: the CE target is the teacher's argmax (pseudo-labels in place of the paper's
+gold labels; docs/continual.md). With several teachers the target is the mean of their
 tempered probabilities over the slice (teachers that do not cover every class of the task, or
 whose row was skipped, are left out); with one teacher it is the paper's loss exactly.
 """

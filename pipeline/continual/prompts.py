@@ -1,4 +1,4 @@
-"""Prompt modules of CDL-Prompt (arXiv 2407.13911 v1, shared/research/papers.md section 4.2).
+"""Prompt modules of CDL-Prompt (arXiv 2407.13911 v1, docs/continual.md).
 
 `PromptPool` is the L2P pool: M learned keys and M prompts of L vectors; an input's frozen query
 picks the top-k keys by cosine similarity and its prompts are the k selected prompts, joined.

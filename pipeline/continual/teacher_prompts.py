@@ -2,7 +2,7 @@
 
 Training batches carry them from the task caches (`Batch.teacher_prompts`). Evaluation needs them
 for the `eval` rows too, because a student that maps teacher prompts cannot classify an input
-without its teachers' vectors (papers.md 4.2, "Important property"): the caching flow runs the
+without its teachers' vectors (the paper's own property; docs/continual.md): the caching flow runs the
 prompt-based teachers over the `eval` file as well (`held_out_teachers`), and the rows are
 looked up here by sample id, as the causal-LM trainer reads its held-out text.
 """

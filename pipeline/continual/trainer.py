@@ -16,7 +16,7 @@ learns one attention-based mapping per such teacher (CDL-Prompt v1, `MappedPromp
 `continual.map_teacher_prompts` is false; evaluation then reads the teachers' vectors for the
 eval rows from their cache of the `eval` file (`eval_prompt_vectors`), so no teacher is loaded.
 
-Deviations from the paper (papers.md section 4.3): the teachers are frozen and cached once per
+Deviations from the paper (docs/continual.md): the teachers are frozen and cached once per
 task instead of co-training with the student; no gold labels (CE on the teacher argmax); a text
 encoder instead of a ViT; one process (no accelerate/DDP); no weight decay, because the head
 rows of earlier classes get no gradient and weight decay alone would shrink them.

@@ -1,4 +1,4 @@
-"""Label-free ensemble methods behind one registry (DESIGN.md section 5).
+"""Label-free ensemble methods behind one registry (docs/methods.md).
 
 Adding a method: one module with a `Method` subclass that sets `name`, plus its entry below.
 """

@@ -1,4 +1,4 @@
-"""The one interface every label-free ensemble method implements (DESIGN.md section 5).
+"""The one interface every label-free ensemble method implements (docs/methods.md).
 
 A method gets the live student logits and the cached teacher payloads of a batch, already
 mapped into the student's label space, and returns the loss to back-propagate plus what to log.

@@ -1,4 +1,4 @@
-"""GOVERN: gradient orientation vote (arXiv 2405.03764; DESIGN.md section 5).
+"""GOVERN: gradient orientation vote (arXiv 2405.03764; docs/methods.md).
 
 Each teacher's distillation gradient votes with its sign per output coordinate; the step uses the
 mean gradient of the teachers on the majority side, so an outlying teacher is outvoted instead of
@@ -28,7 +28,7 @@ class Govern(Method):
     """Per-coordinate majority vote on the per-teacher gradients g_k = dL_k/ds.
 
     The combined gradient g is centred per sample for classes (it then sums to 0 like any softmax
-    gradient; uncentred, students with hidden layers drift all logits down: govern-check.md). The
+    gradient; uncentred, students with hidden layers drift all logits down: docs/methods.md). The
     loss is the surrogate sum_i w_i·(s_i · g_i) / sum_i w_i, with g detached, so autograd gives
     exactly w_i·g_i / sum(w) per row: g / B without weights when every row has a teacher.
     Its value means nothing; log `govern/median_distance` instead.
@@ -72,7 +72,7 @@ class Govern(Method):
 
     def median_distance(self, student: torch.Tensor, teachers: TeacherBatch) -> float:
         """Mean |p_s − median target| (|s − median score| for scores) over rows with a teacher:
-        the robust target GOVERN approximately descends to (govern-check.md)."""
+        the robust target GOVERN approximately descends to (docs/methods.md)."""
         median = Median(self.temperature).target(teachers)
         own = student if is_scores(teachers) else soft_targets(student, self.temperature)
         return float((own - median).abs()[teachers.valid.any(1)].mean())

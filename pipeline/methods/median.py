@@ -1,5 +1,5 @@
 """Median baseline: robust to one outlying teacher, and the honest baseline for GOVERN
-(shared/research/govern-check.md: centred GOVERN settles on the median's ranking)."""
+(docs/methods.md: centred GOVERN settles on the median's ranking)."""
 
 from __future__ import annotations
 
