@@ -8,9 +8,10 @@ Teachers cached by separate runs (`--teacher a`, later `--teacher b`) fire it wi
 
 Why an event of our own rather than a trigger on `prefect.flow-run.Completed`: Prefect 3.8.8
 delays flow-run-state triggers by 15 minutes for cron-created runs, while a custom event fires
-the trigger within about a second (measured; docs/scaling.md, "Schedules and the training trigger"). Why a check at the end of the caching
-run rather than a compound trigger over K teacher events: teachers may be cached hours apart,
-beyond any trigger window, and the caches themselves are the truth about completeness.
+the trigger within about a second (measured; docs/scaling.md, "Schedules and the training
+trigger"). Why a check at the end of the caching run rather than a compound trigger over K
+teacher events: teachers may be cached hours apart, beyond any trigger window, and the caches
+themselves are the truth about completeness.
 """
 
 from __future__ import annotations

@@ -113,6 +113,6 @@ def test_the_readers_the_format_page_says_do_not_work(shard: Path):
             read()
     with pytest.raises(duckdb.CatalogException):
         duckdb.sql(f"SELECT * FROM read_arrow('{shard}')")
-    half = pa.table({"x": pa.array(np.ones(2, np.float16))})
+    half = pa.table({"x": pa.array(np.ones(2, np.float16))})  # noqa: F841 (DuckDB reads it by name)
     with pytest.raises(duckdb.NotImplementedException):
         duckdb.sql("SELECT * FROM half").fetchall()

@@ -128,5 +128,5 @@ def test_train_refuses_when_the_eval_caches_are_missing(project):
     assert result.exit_code == 0, result.output
     assert "on the eval set (30 rows)" in result.output and "ensemble (mean of" in result.output
     tiny.write_jsonl(project.root / "eval.jsonl", _eval_rows() + [{"text": "blue moon", "label": "class1"}])
-    line = one_line_error(["train", str(path)])    # a row the teachers' caches do not have
-    assert "1 rows of the eval file" in line and "changed after caching" in line
+    line = one_line_error(["train", str(path)])    # the eval file is another corpus now
+    assert "eval.jsonl changed since it was cached" in line and f"run `distill cache {path}`" in line
