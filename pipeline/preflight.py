@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from distill.pipeline.backends import backend_for
 from distill.pipeline.config import ConfigError, CorpusConfig, DistillConfig, TeacherConfig
 from distill.pipeline.corpus import BUILDERS, data_files, is_saved_dataset
 from distill.pipeline.labels import check_label_map
-from distill.pipeline.backends import backend_for
 from distill.pipeline.teacher import resolve_model_dir, teacher_kind
 from distill.storage.plan import skip_reason
 

@@ -10,8 +10,9 @@ A student maps these into prompts of its own (`MappedPrompts` in pipeline/contin
 The manifest records the pool (`settings.prompt_pool`); the fingerprint covers the pool files.
 
 Refused: `features` (hidden states would mix prompt positions into what ADM compares token by
-token, so no backend of the `prompt` kind offers them: pipeline/backends.py), and a folder that itself maps teacher prompts (it needs its own teachers' vectors for
-every input, which a cache of this teacher could not supply).
+token, so no backend of the `prompt` kind offers them: pipeline/backends.py), and a folder that
+itself maps teacher prompts (it needs its own teachers' vectors for every input, which a cache
+of this teacher could not supply).
 """
 
 from __future__ import annotations
