@@ -148,12 +148,14 @@ class TeacherCache(ABC):
 
     def _donors(self) -> dict[tuple[int, str], tuple[str, ShardEntry]]:
         """(shard index, text shard sha256) -> (teacher id, entry) over the complete caches of
-        this teacher on other plans."""
+        this teacher on other plans. `backend` is compared even where this teacher's settings
+        leave it out (the default): a torch teacher must not adopt another backend's output."""
         found = {}
         for m in self.cache.manifests():
             same = (m.teacher_id != self.teacher_id and m.complete
                     and m.fingerprint == self.identity.fingerprint
-                    and all(m.settings.get(k) == v for k, v in self.identity.settings.items()))
+                    and all(m.settings.get(k) == v for k, v in self.identity.settings.items())
+                    and m.settings.get("backend") == self.identity.settings.get("backend"))
             plan = self.cache.find_plan(m.plan_id) if same else None
             if plan is None:
                 continue

@@ -3,6 +3,7 @@ backend that is unknown or cannot run a teacher before any model loads, and a ba
 than the default enters the teacher id and the manifest."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -120,3 +121,11 @@ def test_caching_with_another_backend_writes_its_own_cache_that_says_so(project,
         assert settings.get("backend") == manifest.settings.get("backend")
     same = [np.stack(t.column("logits").to_numpy()) for t in tables]  # same weights and code
     np.testing.assert_array_equal(*same)
+    # a grown corpus: the torch teacher may adopt shards only from torch caches, never the copy's
+    shutil.rmtree(cache.teacher_dir(manifests["a"].teacher_id))
+    tiny.write_jsonl(project.corpus, [{"text": t} for t in tiny.sentences(150, seed=3)])
+    config = load_config(project.config(teachers=teachers))
+    grown = plan_corpus(cache, config.corpus)
+    torch_teacher, copy_teacher = (teacher_cache(cache, grown, t) for t in config.teachers)
+    assert torch_teacher.reuse([0, 1, 2]) == [0, 1, 2]
+    assert copy_teacher.reuse([0, 1, 2]) == [2]  # the first two text shards are unchanged
