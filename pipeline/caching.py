@@ -18,9 +18,10 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from distill.pipeline.backends import TeacherRunner, backend_for
 from distill.pipeline.config import TeacherConfig
-from distill.pipeline.runner import ClassificationRunner, ShardOutput
-from distill.pipeline.teacher import TeacherIdentity, identify, is_prompt_based
+from distill.pipeline.runner import ShardOutput
+from distill.pipeline.teacher import TeacherIdentity, identify, teacher_kind
 from distill.storage import FORMAT_VERSION, code_version
 from distill.storage.cache import Cache
 from distill.storage.columns import fixed_rows, ragged_rows
@@ -31,12 +32,12 @@ class NonFiniteOutput(ValueError):
     """A teacher produced NaN or inf; the message names the teacher, shard and rows."""
 
 
-_RUNNERS: dict[str, object] = {}
+_RUNNERS: dict[str, TeacherRunner] = {}
 _RUNNERS_LOCK = threading.Lock()
 
 
-def load_runner(identity: TeacherIdentity, config: TeacherConfig, runner_class: type,
-                alone: bool = False):
+def load_runner(identity: TeacherIdentity, config: TeacherConfig,
+                runner_class: type[TeacherRunner], alone: bool = False) -> TeacherRunner:
     """One loaded model per teacher id and process, shared by all of its shard tasks; `alone`
     first drops every other teacher's model (a cluster worker keeps one teacher at a time)."""
     with _RUNNERS_LOCK:
@@ -54,25 +55,26 @@ def release_runner(teacher_id: str) -> None:
 
 
 def teacher_cache(cache: Cache, plan: Plan, config: TeacherConfig, where: str = "config") -> "TeacherCache":
-    """The cache of one teacher, of the class that handles its `kind` (and prompts, if it has any)."""
+    """The cache of one teacher, of the class that handles its kind (pipeline.teacher.teacher_kind)."""
     from distill.pipeline.lm_caching import CausalLMCache  # these import this module: resolved at call time
     from distill.pipeline.prompt_teacher import PromptTeacherCache
 
-    if is_prompt_based(config, f"{where}: teachers[{config.name}].model"):
-        return PromptTeacherCache(cache, plan, config, where)
-    kinds = {"classification": ClassificationCache, "causal-lm": CausalLMCache}
-    return kinds[config.kind](cache, plan, config, where)
+    kinds = {"classification": ClassificationCache, "causal-lm": CausalLMCache,
+             "prompt": PromptTeacherCache}
+    return kinds[teacher_kind(config, f"{where}: teachers[{config.name}].model")](cache, plan, config, where)
 
 
 class TeacherCache(ABC):
-    """What every kind shares; subclasses set `runner_class` and `compression` and say what the
-    model is (`describe`), which columns it writes (`columns`) and which seed a shard uses."""
+    """What every kind shares; subclasses set `kind` (which, with `teachers[].backend`, picks
+    the runner: pipeline/backends.py) and `compression` and say what the model is (`describe`),
+    which columns it writes (`columns`) and which seed a shard uses."""
 
-    runner_class: type
+    kind: str
     compression: str | None = None
 
     def __init__(self, cache: Cache, plan: Plan, config: TeacherConfig, where: str = "config"):
         self.cache, self.plan, self.config = cache, plan, config
+        self.backend = backend_for(config, self.kind, where)
         self.identity = identify(config, plan.plan_id, f"{where}: teachers[{config.name}].model")
         self.teacher_id = self.identity.teacher_id
         self._home_pid = os.getpid()
@@ -87,7 +89,7 @@ class TeacherCache(ABC):
         In a Ray/Dask worker (another process than the one that planned the run) nothing
         releases the model when the teacher is done, so a worker that moves on to another
         teacher frees the previous one: one model per worker and GPU."""
-        return load_runner(self.identity, self.config, self.runner_class,
+        return load_runner(self.identity, self.config, self.backend.runner_class(),
                            alone=os.getpid() != self._home_pid)
 
     @abstractmethod
@@ -146,12 +148,14 @@ class TeacherCache(ABC):
 
     def _donors(self) -> dict[tuple[int, str], tuple[str, ShardEntry]]:
         """(shard index, text shard sha256) -> (teacher id, entry) over the complete caches of
-        this teacher on other plans."""
+        this teacher on other plans. `backend` is compared even where this teacher's settings
+        leave it out (the default): a torch teacher must not adopt another backend's output."""
         found = {}
         for m in self.cache.manifests():
             same = (m.teacher_id != self.teacher_id and m.complete
                     and m.fingerprint == self.identity.fingerprint
-                    and all(m.settings.get(k) == v for k, v in self.identity.settings.items()))
+                    and all(m.settings.get(k) == v for k, v in self.identity.settings.items())
+                    and m.settings.get("backend") == self.identity.settings.get("backend"))
             plan = self.cache.find_plan(m.plan_id) if same else None
             if plan is None:
                 continue
@@ -210,7 +214,7 @@ class TeacherCache(ABC):
 class ClassificationCache(TeacherCache):
     """Sequence classifiers, relevance and regression teachers: one row of logits per text."""
 
-    runner_class = ClassificationRunner
+    kind = "classification"
 
     def describe(self) -> tuple[dict, dict[str, str]]:
         from transformers import AutoConfig

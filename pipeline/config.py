@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from distill.pipeline.backends import DEFAULT_BACKEND, backend_for
+
 
 class ConfigError(ValueError):
     """A bad config; the message says which file and key, and how to fix it."""
@@ -118,6 +120,11 @@ class TeacherConfig(Strict):
     trust_remote_code: bool = Field(False, description="run the custom model code a teacher "
                                                        "folder's `config.json` names in `auto_map`; "
                                                        "without it such a teacher is refused")
+    backend: str = Field(DEFAULT_BACKEND, description="the inference backend that runs the teacher: "
+                                                      "`torch` (PyTorch, Hugging Face "
+                                                      "`transformers`); another one enters the "
+                                                      "teacher id (see "
+                                                      "[cache-format.md](cache-format.md#backends))")
 
     @model_validator(mode="after")
     def _kind_settings(self) -> "TeacherConfig":
@@ -378,6 +385,8 @@ def parse_config(raw: dict, *, source: str = "<memory>", base: Path | None = Non
         config = DistillConfig.model_validate({**raw, "source": source})
     except ValidationError as e:
         raise ConfigError(_explain(e, source)) from None
+    for teacher in config.teachers:  # prompt-based teachers are known by their files: pre-flight
+        backend_for(teacher, teacher.kind, source)
     _check_tasks(config)
     return _resolve_paths(config, base) if base is not None else config
 

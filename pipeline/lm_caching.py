@@ -24,14 +24,14 @@ import pyarrow as pa
 
 from distill.pipeline.caching import TeacherCache
 from distill.pipeline.config import ConfigError
-from distill.pipeline.lm_runner import CausalLMRunner, LMShardOutput
+from distill.pipeline.lm_runner import LMShardOutput
 from distill.pipeline.vocab import id_dtype, vocab_fingerprint
 from distill.storage.columns import fixed_rows, nested
 from distill.storage.lm_tokens import CODES_PER_NAT, encode_logprobs
 
 
 class CausalLMCache(TeacherCache):
-    runner_class = CausalLMRunner
+    kind = "causal-lm"
     compression = "zstd"
 
     def describe(self) -> tuple[dict, dict[str, str]]:

@@ -17,10 +17,11 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from distill.pipeline.backends import backend_for
 from distill.pipeline.config import ConfigError, CorpusConfig, DistillConfig, TeacherConfig
 from distill.pipeline.corpus import BUILDERS, data_files, is_saved_dataset
 from distill.pipeline.labels import check_label_map
-from distill.pipeline.teacher import resolve_model_dir
+from distill.pipeline.teacher import resolve_model_dir, teacher_kind
 from distill.storage.plan import skip_reason
 
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -108,8 +109,11 @@ SCANNERS = {"json": _json_values, "csv": _csv_values, "text": _text_values, "par
 def check_teacher(teacher: TeacherConfig, where: str) -> dict:
     """The teacher's folder has a config.json, which is returned; one that names custom code
     (auto_map) is refused unless the config trusts it, so no code is executed by default. Its
-    label_map names only classes of its id2label (the classes its cache will record)."""
+    backend runs its kind (which, for a prompt-based teacher, only its files tell) with its
+    options. Its label_map names only classes of its id2label (the classes its cache will
+    record)."""
     folder = resolve_model_dir(teacher.model, where)
+    backend_for(teacher, teacher_kind(teacher, f"{where}: teachers[{teacher.name}].model"), where)
     settings = json.loads((folder / "config.json").read_text())
     if settings.get("auto_map") and not teacher.trust_remote_code:
         raise ConfigError(f"{where}: teachers[{teacher.name}].model: {folder} ships custom model "

@@ -10,8 +10,9 @@ A student maps these into prompts of its own (`MappedPrompts` in pipeline/contin
 The manifest records the pool (`settings.prompt_pool`); the fingerprint covers the pool files.
 
 Refused: `features` (hidden states would mix prompt positions into what ADM compares token by
-token), and a folder that itself maps teacher prompts (it needs its own teachers' vectors for
-every input, which a cache of this teacher could not supply).
+token, so no backend of the `prompt` kind offers them: pipeline/backends.py), and a folder that
+itself maps teacher prompts (it needs its own teachers' vectors for every input, which a cache
+of this teacher could not supply).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class PromptTeacherRunner(ClassificationRunner):
 class PromptTeacherCache(ClassificationCache):
     """A classification cache plus the `prompt_vector` column and the pool in the manifest."""
 
-    runner_class = PromptTeacherRunner
+    kind = "prompt"
 
     def describe(self) -> tuple[dict, dict[str, str]]:
         from transformers import AutoConfig
@@ -61,9 +62,6 @@ class PromptTeacherCache(ClassificationCache):
             raise ValueError(f"teachers[{name}].model: {folder} maps its own teachers' prompts, so it "
                              "needs their prompt vectors for every input; use a student trained "
                              "with continual.map_teacher_prompts: false as a teacher")
-        if self.config.features is not None:
-            raise ValueError(f"teachers[{name}].features: not available for a prompt-based teacher "
-                             "(its hidden states include the prompt positions); remove it")
         settings, columns = super().describe()
         with safe_open(folder / POOL_FILE, "pt") as pool:
             size, length, dim = pool.get_slice("prompts").get_shape()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill.pipeline.backends import DEFAULT_BACKEND
 from distill.pipeline.config import ConfigError, TeacherConfig
 from distill.pipeline.continual.files import POOL_FILE, POOL_SETTINGS, has_prompt_pool
 from distill.storage import FORMAT_VERSION
@@ -60,6 +61,12 @@ def is_prompt_based(config: TeacherConfig, where: str) -> bool:
     return config.kind == "classification" and has_prompt_pool(resolve_model_dir(config.model, where))
 
 
+def teacher_kind(config: TeacherConfig, where: str) -> str:
+    """The kind that picks the teacher's cache class and runner (pipeline/backends.py):
+    `prompt` for a prompt-based teacher, else the config's `kind`."""
+    return "prompt" if is_prompt_based(config, where) else config.kind
+
+
 def fingerprint(model_dir: Path) -> dict[str, str]:
     """Hashes of the weights, the config and the tokenizer files (whatever changes outputs); for
     a prompt-based teacher also of its pool and pool settings (top_k changes the prompts).
@@ -94,9 +101,13 @@ def _fingerprint(model_dir: Path, state: tuple) -> tuple[tuple[str, str], ...]:
 
 def output_settings(config: TeacherConfig) -> dict[str, Any]:
     """The settings that determine the cached values (batch size and device do not).
-    `lm` enters only when set, so classification teacher ids stay what they were."""
+    `lm` enters only when set, so classification teacher ids stay what they were; `backend`
+    only when it is not the default, so every cache written before backends existed (all by
+    torch) keeps its id and stays valid."""
     keys = {"kind", "max_length", "dtype", "logits_dtype", "on_nonfinite", "mc_dropout", "features"}
-    return config.model_dump(include=keys | ({"lm"} if config.lm else set()))
+    keys |= {"lm"} if config.lm else set()
+    keys |= {"backend"} if config.backend != DEFAULT_BACKEND else set()
+    return config.model_dump(include=keys)
 
 
 def identify(config: TeacherConfig, plan_id: str, where: str) -> TeacherIdentity:

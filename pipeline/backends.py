@@ -1,0 +1,98 @@
+"""Inference backends: which runner runs a teacher, chosen by its kind and `teachers[].backend`.
+
+A runner (`TeacherRunner`) is built from the teacher's config and model folder and runs one
+shard's texts; the cache classes (pipeline/caching.py) only call `run` and write what it
+returns. `BACKENDS` maps (kind, backend) to the runner's import path and the optional outputs
+it computes, so a new backend is one file with its runner class plus one line here per kind
+it runs. Runners are named by import path and imported only when a model loads: config
+checks and pre-flight stay free of torch.
+
+Kinds: `classification`, `causal-lm`, and `prompt` (a classification teacher whose folder
+holds a prompt pool, pipeline/prompt_teacher.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from distill.pipeline.config import TeacherConfig
+
+DEFAULT_BACKEND = "torch"
+OPTIONS = ("mc_dropout", "features")  # teacher settings that ask a runner for extra outputs
+KIND_NAMES = {"classification": "a classification teacher", "causal-lm": "a causal-lm teacher",
+              "prompt": "a prompt-based teacher"}
+
+
+class ShardResult(Protocol):
+    """What every kind's shard output offers the cache: per-row truncation and finiteness."""
+
+    truncated: np.ndarray
+
+    def finite_rows(self) -> np.ndarray: ...
+
+
+class TeacherRunner(Protocol):
+    """One loaded teacher. `run` must be thread-safe (a teacher's shard tasks share it) and
+    deterministic in (texts, seed); `on_rows(n)` reports progress. A causal-lm runner also
+    has `vocab_size`, the width of its output head (it sets the id type of the cached tokens)."""
+
+    def __init__(self, config: TeacherConfig, model_dir: Path) -> None: ...
+
+    def run(self, texts: list[str], seed: int = 0,
+            on_rows: Callable[[int], None] | None = None) -> ShardResult: ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    runner: str                                # "module:Class" of a TeacherRunner
+    options: frozenset[str] = frozenset()     # the OPTIONS it computes
+
+    def runner_class(self) -> type[TeacherRunner]:
+        module, name = self.runner.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+BACKENDS: dict[tuple[str, str], Backend] = {
+    ("classification", "torch"): Backend("distill.pipeline.runner:ClassificationRunner",
+                                         frozenset({"mc_dropout", "features"})),
+    ("prompt", "torch"): Backend("distill.pipeline.prompt_teacher:PromptTeacherRunner",
+                                 frozenset({"mc_dropout"})),
+    ("causal-lm", "torch"): Backend("distill.pipeline.lm_runner:CausalLMRunner"),
+}
+
+
+def backend_for(config: TeacherConfig, kind: str, where: str) -> Backend:
+    """The backend `config` asks for, checked to run `kind` with every option it sets; else a
+    ConfigError naming the key and the choices (raised before any model loads)."""
+    from distill.pipeline.config import ConfigError
+
+    key, name = f"{where}: teachers[{config.name}]", config.backend
+    names = sorted({b for _, b in BACKENDS})
+    if name not in names:
+        raise ConfigError(f"{key}.backend: unknown backend '{name}'; choose one of: {', '.join(names)}")
+    able = _able(kind)
+    if name not in able:
+        raise ConfigError(f"{key}.backend: '{name}' cannot run {KIND_NAMES[kind]}; backends that "
+                          f"can: {', '.join(able) or 'none'}")
+    for option in OPTIONS:
+        if getattr(config, option) is None or option in BACKENDS[kind, name].options:
+            continue
+        others = _able(kind, option)
+        if not others:
+            raise ConfigError(f"{key}.{option}: not available for {KIND_NAMES[kind]}; remove it")
+        raise ConfigError(f"{key}.backend: '{name}' does not compute {option} for "
+                          f"{KIND_NAMES[kind]}; use {' or '.join(others)}, or remove "
+                          f"teachers[{config.name}].{option}")
+    return BACKENDS[kind, name]
+
+
+def _able(kind: str, option: str | None = None) -> list[str]:
+    """The backends that run `kind` (and compute `option`)."""
+    return sorted(b for (k, b), backend in BACKENDS.items()
+                  if k == kind and (option is None or option in backend.options))
