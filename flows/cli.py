@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -371,26 +372,31 @@ def gc(configs: list[Path] = typer.Argument(..., help="the YAML configs whose ca
 @app.command()
 def serve(config: Path = typer.Argument(..., help="the YAML config, with a `schedule` section"),
           limit: Optional[int] = typer.Option(None, help="flow runs executed at once (default: no limit)"),
+          worker: str = typer.Option(socket.gethostname(), help="this worker's name, unique among the "
+                                     "workers of the config; a restart under the same name marks the "
+                                     "runs it left behind as crashed"),
           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Register and serve the config's deployments until stopped: caching on the config's cron
     schedule, training triggered as soon as every teacher's cache is complete.
 
     Needs a Prefect server (`prefect server start`, then PREFECT_API_URL); the embedded one
-    lives only as long as this process."""
+    lives only as long as this process. Any number of workers may serve one config."""
     _quiet_libraries(verbose)
     loaded = _checked(config.resolve())
-    from prefect import serve as serve_deployments
+    import asyncio
 
-    from distill.flows.serve import deployments
+    from distill.flows import serve as serving
     from distill.flows.server import api_server
     from distill.pipeline.config import ConfigError
 
     try:
-        made = deployments(loaded)
+        made = serving.deployments(loaded)
+        with serving.worker_lock(loaded, worker), api_server():
+            asyncio.run(serving.serve(made, worker, limit))
     except ConfigError as e:
         _fail(str(e))
-    with api_server():
-        serve_deployments(*made, limit=limit)
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ import yaml
 import tiny
 from distill.flows.caching import cache_tasks, cache_teachers
 from distill.flows.handoff import CACHES_COMPLETE, complete_caches, config_key, config_resource
-from distill.flows.serve import deployments
+from distill.flows.serve import deployments, worker_lock
 from distill.pipeline.config import ConfigError, load_config
 from s3server import free_ports
 
@@ -82,6 +83,19 @@ def test_bad_schedules_are_refused_with_the_key(project, schedule, error):
     with pytest.raises(ConfigError, match=r"config\.yaml") as caught:
         deployments(load_config(path))
     assert error in str(caught.value)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the lock is Linux-only")
+def test_a_second_worker_of_the_same_name_and_config_is_refused(project):
+    config = load_config(_config(project))
+    with worker_lock(config, "a"):
+        with worker_lock(config, "b"):
+            pass
+        with pytest.raises(ConfigError, match=r"config\.yaml: .*worker 'a'; give this one another --worker"):
+            with worker_lock(config, "a"):
+                pass
+    with worker_lock(config, "a"):                  # released with the first holder
+        pass
 
 
 # ---- the completion gate (embedded Prefect) ------------------------------------------------
@@ -174,8 +188,11 @@ def _healthy(url: str) -> bool:
 def prefect_server(tmp_path):
     """`prefect server start` on loopback, its database under its own PREFECT_HOME."""
     url = f"http://127.0.0.1:{free_ports(1)[0]}/api"
+    # The scheduler's own loop is pushed out of the tests' way: any scheduled run they see was
+    # made when a worker registered its deployments.
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "server-home"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "3600"}
     env.pop("PREFECT_API_URL", None)
     port = url.split(":")[-1].split("/")[0]
     with _process([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
@@ -189,12 +206,21 @@ def _client_env(url: str, home: Path) -> dict:
     return env
 
 
-def _runs(url: str) -> list[dict]:
-    """Every flow run on the server: flow name, deployment, state, parameters, times."""
-    request = urllib.request.Request(f"{url}/flow_runs/filter", data=b"{}", method="POST",
+def _post(url: str, path: str, body: dict) -> dict | list:
+    request = urllib.request.Request(f"{url}{path}", data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as r:
-        runs = json.load(r)
+        return json.load(r)
+
+
+def _get(url: str, path: str) -> dict | list:
+    with urllib.request.urlopen(f"{url}{path}", timeout=10) as r:
+        return json.load(r)
+
+
+def _runs(url: str) -> list[dict]:
+    """Every flow run on the server: flow name, deployment, state, parameters, times."""
+    runs = _post(url, "/flow_runs/filter", {})
     flows = {}
     for run in runs:
         if run["flow_id"] not in flows:
@@ -244,3 +270,67 @@ def test_serve_on_a_real_server_trains_by_itself_when_the_caches_complete(projec
         _wait(lambda: len(done("cache-teachers")) == 2, 240, "second caching run", serving)
         time.sleep(5)
         assert len([r for r in _runs(url) if r["flow_name"] == "train-student"]) == 1
+
+
+def _serving(log: Path, proc: subprocess.Popen) -> str:
+    """The line `distill serve` prints once its deployments are registered."""
+    line = lambda: next((l for l in log.read_text().splitlines() if " serving " in l), None)  # noqa: E731
+    return _wait(line, 240, f"{log.name}: serving", proc)
+
+
+def _next_three_oclock() -> datetime:
+    """The next slot of the tests' cron, `0 3 * * *` in UTC."""
+    now = datetime.now(timezone.utc)
+    slot = now.replace(hour=3, minute=0, second=0, microsecond=0)
+    return slot if slot > now else slot + timedelta(days=1)
+
+
+def _scheduled(url: str, deployment: dict) -> list[dict]:
+    return _post(url, "/flow_runs/filter", {"flow_runs": {
+        "deployment_id": {"any_": [deployment["id"]]}, "state": {"type": {"any_": ["SCHEDULED"]}}}})
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_schedule_and_a_restarted_one_crashes_what_it_left(project, prefect_server, tmp_path):
+    """Worker b stops gracefully: the schedule and trigger stay on for worker a. Worker a is
+    SIGKILLed holding a run: restarted under its name, it marks that run crashed, reschedules
+    the next cron slot at once and serves the next run."""
+    url = prefect_server
+    config = load_config(_config(project))
+    key = config_key(config)
+    env = _client_env(url, tmp_path / "client-home")
+    serve = lambda worker: [sys.executable, "-m", "distill.flows.cli", "serve", config.source,  # noqa: E731
+                            "--worker", worker]
+    with _process(serve("a"), env, tmp_path / "a.log") as a, \
+            _process(serve("b"), env, tmp_path / "b.log") as b:
+        _serving(tmp_path / "a.log", a)
+        _serving(tmp_path / "b.log", b)
+        b.send_signal(signal.SIGTERM)
+        assert b.wait(60) == 0
+
+        caching = _deployment(url, "cache-teachers", key)
+        training = _deployment(url, "train-student", f"{key}-mean")
+        assert not caching["paused"] and not training["paused"]
+        assert [s["active"] for s in caching["schedules"]] == [True]
+        assert _scheduled(url, caching), "the next cron slot was unscheduled"
+        automations = _get(url, f"/automations/related-to/prefect.deployment.{training['id']}")
+        assert automations and all(auto["enabled"] for auto in automations)
+
+        run = _post(url, f"/deployments/{caching['id']}/create_flow_run", {})
+        claimed = lambda: (r := _get(url, f"/flow_runs/{run['id']}"))["state_type"] in (  # noqa: E731
+            "PENDING", "RUNNING") and r
+        left = _wait(claimed, 120, "run claimed by worker a", a)
+        os.killpg(a.pid, signal.SIGKILL)
+        a.wait()
+        assert "distill-worker:a" in left["tags"]
+        assert _get(url, f"/flow_runs/{run['id']}")["state_type"] in ("PENDING", "RUNNING")
+
+    with _process(serve("a"), env, tmp_path / "a-again.log") as again:
+        assert "1 run(s) it left behind marked crashed" in _serving(tmp_path / "a-again.log", again)
+        crashed = _get(url, f"/flow_runs/{run['id']}")
+        assert crashed["state_type"] == "CRASHED" and "worker 'a'" in crashed["state"]["message"]
+        slots = sorted(r["next_scheduled_start_time"] for r in _scheduled(url, caching))
+        assert slots and datetime.fromisoformat(slots[0]) == _next_three_oclock()
+        second = _post(url, f"/deployments/{caching['id']}/create_flow_run", {})
+        done = lambda: _get(url, f"/flow_runs/{second['id']}")["state_type"] == "COMPLETED"  # noqa: E731
+        _wait(done, 240, "a run served by the restarted worker", again)
