@@ -120,7 +120,8 @@ def worker_lock(config: DistillConfig, worker: str) -> Iterator[None]:
             lock.bind(f"\0distill-serve-{name}")
         except OSError:
             raise ConfigError(f"{config.source}: another `distill serve` on this machine already "
-                              f"serves it as worker '{worker}'; give this one another --worker NAME") from None
+                              f"serves it as worker '{worker}'; give this one another --worker "
+                              "NAME") from None
         yield
 
 

@@ -274,7 +274,7 @@ def test_serve_on_a_real_server_trains_by_itself_when_the_caches_complete(projec
 
 def _serving(log: Path, proc: subprocess.Popen) -> str:
     """The line `distill serve` prints once its deployments are registered."""
-    line = lambda: next((l for l in log.read_text().splitlines() if " serving " in l), None)  # noqa: E731
+    line = lambda: next((s for s in log.read_text().splitlines() if " serving " in s), None)  # noqa: E731
     return _wait(line, 240, f"{log.name}: serving", proc)
 
 
@@ -291,7 +291,8 @@ def _scheduled(url: str, deployment: dict) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_workers_share_the_schedule_and_a_restarted_one_crashes_what_it_left(project, prefect_server, tmp_path):
+def test_two_workers_share_the_schedule_and_a_restarted_one_crashes_what_it_left(project, prefect_server,
+                                                                                 tmp_path):
     """Worker b stops gracefully: the schedule and trigger stay on for worker a. Worker a is
     SIGKILLed holding a run: restarted under its name, it marks that run crashed, reschedules
     the next cron slot at once and serves the next run."""
