@@ -17,8 +17,10 @@ left behind as crashed.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
+import signal
 import socket
 import sys
 from contextlib import contextmanager
@@ -181,6 +183,22 @@ async def restore_schedule(client: PrefectClient, deployment_id: UUID, since: da
 async def serve(made: list[RunnerDeployment], worker: str, limit: int | None) -> None:
     """Register the deployments, crash the runs this worker left behind, serve until stopped."""
     runner = WorkerRunner(worker, limit)
+    # Until `runner.start` puts Prefect's own SIGTERM handler in place (it replaces this one),
+    # a SIGTERM, say a worker stopped while it registers, cancels the registration and the
+    # command ends as cleanly: nothing runs yet, and nothing is paused on the way out.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
+    try:
+        left = await _register(runner, made, worker)
+    except asyncio.CancelledError:
+        return
+    print(f"worker '{worker}' serving {', '.join(f'{d.flow_name}/{d.name}' for d in made)}; "
+          f"{len(left)} run(s) it left behind marked crashed", flush=True)
+    await runner.start()
+
+
+async def _register(runner: Runner, made: list[RunnerDeployment], worker: str) -> list[FlowRun]:
+    """Add the deployments, crash the runs this worker left behind and bring back the cron
+    slots that registering deleted; the runs marked crashed."""
     since = datetime.datetime.now(datetime.timezone.utc)
     ids = [await runner.aadd_deployment(d) for d in made]
     async with get_client() as client:
@@ -188,6 +206,4 @@ async def serve(made: list[RunnerDeployment], worker: str, limit: int | None) ->
         for deployment, deployment_id in zip(made, ids):
             if deployment.schedules:
                 await restore_schedule(client, deployment_id, since)
-    print(f"worker '{worker}' serving {', '.join(f'{d.flow_name}/{d.name}' for d in made)}; "
-          f"{len(left)} run(s) it left behind marked crashed", flush=True)
-    await runner.start()
+    return left
