@@ -191,3 +191,45 @@ def test_wrong_keys_are_refused(s3_cache, monkeypatch):
         s3fs.S3FileSystem.clear_instance_cache()
     assert result.exit_code == 2
     assert "access denied" in result.output and "AWS_SECRET_ACCESS_KEY" in result.output
+
+
+@pytest.mark.usefixtures("prefect")
+def test_a_store_restarted_mid_run_costs_retries_not_rows(project, tmp_path, monkeypatch):
+    """SeaweedFS stopped gracefully and started again right after the first shard lands: it
+    refuses connections, then answers 500 while its volumes come back. The shards retry with
+    backoff (their OSError used to count as permanent: 7 failed at once) and the run ends with
+    every row exactly once and nothing beside the published shards."""
+    import s3server
+
+    with s3server.seaweedfs(tmp_path / "weed") as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        location = f"s3://{server.bucket}/restarted/cache"
+        config = load_config(project.config(cache=location, corpus={"path": "corpus.jsonl",
+                                                                    "rows_per_shard": 10}))
+        write_shard, restarted = Cache.write_shard, []
+
+        def restart_after_first(self, *args, **kwargs):
+            entry = write_shard(self, *args, **kwargs)
+            if not restarted and "/teachers/" in self.teacher_dir(args[0]):
+                restarted.append(True)
+                server.restart()
+            return entry
+
+        monkeypatch.setattr(Cache, "write_shard", restart_after_first)
+        try:
+            [summary] = cache_teachers(config, teachers=["a"])
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+        assert restarted and summary["rows"] == 120 and summary["shards"] == 12
+        cache = Cache(location)
+        manifest = cache.load_manifest(summary["teacher_id"])
+        ids = [i for s in manifest.shards for i in cache.read_shard(summary["teacher_id"], s)
+               .column("sample_id").to_pylist()]
+        assert len(ids) == len(set(ids)) == 120
+        objects = {p.rsplit("/", 1)[1] for p in cache.fs.find(cache.teacher_dir(summary["teacher_id"]))}
+        assert objects == {"manifest.json"} | {f"shard-{s.index:05d}.{ext}"
+                                               for s in manifest.shards for ext in ("arrow", "json")}
