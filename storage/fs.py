@@ -10,6 +10,7 @@ writers of the same name leave one complete file, never a mix.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -25,6 +26,31 @@ from fsspec.implementations.local import LocalFileSystem
 from distill.storage.records import CacheError
 
 TMP_SUFFIX = ".tmp"
+# What an object store answers when it is restarting, overloaded or throttling: s3fs raises
+# OSError(EREMOTEIO) for 500 InternalError and OSError(EBUSY) for 503 SlowDown/ServiceUnavailable.
+TRANSIENT_ERRNOS = {getattr(errno, "EREMOTEIO", errno.EIO), errno.EBUSY, errno.EAGAIN}
+TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+
+
+class StoreUnavailable(OSError):
+    """The store still failed with a transient error after the shard's retries."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an error of the store may pass by itself (HTTP 5xx, throttling, a reset
+    connection, a timeout), so that retrying the same write is worth it. Follows the causes:
+    s3fs wraps botocore's answer, which carries the HTTP status."""
+    while error is not None:
+        if isinstance(error, (StoreUnavailable, ConnectionError, TimeoutError)):
+            return True
+        if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
+            return True
+        response = getattr(error, "response", None)
+        if isinstance(response, dict) and \
+                response.get("ResponseMetadata", {}).get("HTTPStatusCode") in TRANSIENT_STATUS:
+            return True
+        error = error.__cause__
+    return False
 
 
 def resolve(location: str | os.PathLike) -> tuple[AbstractFileSystem, str]:
