@@ -63,15 +63,13 @@ def shard_task(teacher: TeacherCache, index: int) -> int:
     report = reporter()
     try:
         entry = teacher.compute(index, on_rows=lambda n: report.advance(teacher.config.name, n))
-    except OSError as e:
+    except Exception as e:
         if not is_transient(e):
             raise
         # Its own type and message, since the cause does not survive the trip back from a
         # Ray/Dask worker, and the command's one line must name the store and the shard.
-        raise StoreUnavailable(f"{teacher.cache.location}: shard {index} of teacher "
-                               f"{teacher.config.name} could not be written ({e}); check that "
-                               "the store is up and reachable (for S3: AWS_ENDPOINT_URL), then "
-                               "re-run: shards already published are kept") from e
+        raise StoreUnavailable.of(teacher.cache.location, f"shard {index} of teacher "
+                                  f"{teacher.config.name} could not be written", e) from e
     return entry.rows
 
 

@@ -112,7 +112,7 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
     from distill.flows.tables import print_cache_summary
     from distill.pipeline.caching import NonFiniteOutput
     from distill.pipeline.config import ConfigError
-    from distill.storage.fs import StoreUnavailable
+    from distill.storage.fs import StoreUnavailable, is_transient
     from distill.storage.records import CacheError
 
     try:
@@ -126,6 +126,10 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
         _fail(str(e))
     except PermissionError as e:
         _denied(loaded.cache, e)
+    except Exception as e:  # the store failing outside a shard's retries (listing, manifest)
+        if not is_transient(e):
+            raise
+        _fail(str(StoreUnavailable.of(loaded.cache, "the store keeps failing", e)))
     print_cache_summary(summaries, loaded.cache, console)
 
 

@@ -35,13 +35,29 @@ TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 class StoreUnavailable(OSError):
     """The store still failed with a transient error after the shard's retries."""
 
+    @classmethod
+    def of(cls, location: str, what: str, error: BaseException) -> "StoreUnavailable":
+        """The one line a command ends with: the store, what failed, what to check."""
+        return cls(f"{location}: {what} ({str(error).splitlines()[0]}); check that the store is "
+                   "up and reachable (for S3: AWS_ENDPOINT_URL), then re-run: shards already "
+                   "published are kept")
+
+
+def _http_errors() -> tuple[type, ...]:
+    """botocore's own connection errors (refused, reset, timed out), which are no OSError."""
+    try:
+        from botocore.exceptions import ConnectionError, HTTPClientError
+    except ImportError:  # no S3 support installed, so no such error either
+        return ()
+    return ConnectionError, HTTPClientError
+
 
 def is_transient(error: BaseException) -> bool:
     """Whether an error of the store may pass by itself (HTTP 5xx, throttling, a reset
     connection, a timeout), so that retrying the same write is worth it. Follows the causes:
     s3fs wraps botocore's answer, which carries the HTTP status."""
     while error is not None:
-        if isinstance(error, (StoreUnavailable, ConnectionError, TimeoutError)):
+        if isinstance(error, (StoreUnavailable, ConnectionError, TimeoutError, *_http_errors())):
             return True
         if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
             return True

@@ -41,6 +41,7 @@ class S3Server:
     # Stops the server gracefully (SIGTERM: 500s while it lingers, killed after 20 s) and
     # starts it again on the same ports and data, without waiting until it is writable.
     restart: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)
+    kill: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)  # for good
 
     def env(self) -> dict[str, str]:
         """The standard variables a user sets to point botocore (hence s3fs) at this server."""
@@ -103,20 +104,24 @@ def seaweedfs(folder: Path, bucket: str = "distill-test", timeout: float = 60) -
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                           start_new_session=True))
 
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(procs[-1].pid, signal.SIGKILL)
+        procs[-1].wait()
+
     def restart() -> None:
         os.killpg(procs[-1].pid, signal.SIGTERM)
         try:  # its filer stops at once; the S3 gateway answers 500 and lingers for minutes
             procs[-1].wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(procs[-1].pid, signal.SIGKILL)
-            procs[-1].wait()
+            kill()
         remove_sockets(port.values())
         launch()
 
     launch()
     try:
         server = S3Server(f"http://127.0.0.1:{port['-s3.port']}", key, secret, bucket, log, 0.0,
-                          restart)
+                          restart, kill)
         _wait_until_writable(server, procs[-1], start + timeout)
         yield replace(server, started_in=time.monotonic() - start)
     finally:

@@ -233,3 +233,38 @@ def test_a_store_restarted_mid_run_costs_retries_not_rows(project, tmp_path, mon
         objects = {p.rsplit("/", 1)[1] for p in cache.fs.find(cache.teacher_dir(summary["teacher_id"]))}
         assert objects == {"manifest.json"} | {f"shard-{s.index:05d}.{ext}"
                                                for s in manifest.shards for ext in ("arrow", "json")}
+
+
+@pytest.mark.usefixtures("prefect")
+def test_a_store_that_stays_down_is_one_line_naming_the_store_and_the_shard(project, tmp_path,
+                                                                            monkeypatch):
+    """The store dies for good after the plan is written: the shards retry, then `distill
+    cache` ends with exit status 2 and one line naming the store, the shard and what to check."""
+    import s3server
+    import distill.flows.caching as caching
+
+    monkeypatch.setattr(caching, "shard_task", caching.shard_task.with_options(
+        retries=1, retry_delay_seconds=0))  # the real delays add up to 65 s
+    with s3server.seaweedfs(tmp_path / "weed") as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        import s3fs
+
+        location = f"s3://{server.bucket}/down/cache"
+        config = project.config(cache=location)
+        write_shard = Cache.write_shard
+
+        def die_first(self, *args, **kwargs):
+            server.kill()
+            return write_shard(self, *args, **kwargs)
+
+        monkeypatch.setattr(Cache, "write_shard", die_first)
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            result = CliRunner().invoke(app, ["cache", str(config), "--teacher", "a"])
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert re.search(rf"error: {location}: shard \d of teacher a could not be written", line), line
+    assert "AWS_ENDPOINT_URL" in line and "Traceback" not in result.output
