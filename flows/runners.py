@@ -143,7 +143,8 @@ def _connect_ray(runner: RunnerConfig, where: str) -> None:
     ignores the token). A cluster holding another token still refuses: say which setting."""
     import ray
     from ray._private.authentication.authentication_token_setup import (
-        maybe_enable_token_auth_if_token_available)
+        maybe_enable_token_auth_if_token_available,
+    )
 
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:

@@ -46,10 +46,11 @@ class StoreUnavailable(OSError):
 def _http_errors() -> tuple[type, ...]:
     """botocore's own connection errors (refused, reset, timed out), which are no OSError."""
     try:
-        from botocore.exceptions import ConnectionError, HTTPClientError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
     except ImportError:  # no S3 support installed, so no such error either
         return ()
-    return ConnectionError, HTTPClientError
+    return BotoConnectionError, HTTPClientError
 
 
 def is_transient(error: BaseException) -> bool:

@@ -22,6 +22,7 @@ from distill.flows.caching import cache_teacher, cache_teachers
 from distill.flows.cli import app
 from distill.flows.devices import limit_name
 from distill.flows.runners import cluster_scope
+from distill.flows.server import die_with_parent
 from distill.pipeline import caching
 from distill.pipeline.caching import teacher_cache
 from distill.pipeline.config import ConfigError, load_config, with_runner
@@ -219,7 +220,8 @@ def ray_head(tmp_path):
         [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
          f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
          "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=die_with_parent())  # and --block's reaper takes Ray's processes with it
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -240,8 +240,8 @@ def test_a_store_that_stays_down_is_one_line_naming_the_store_and_the_shard(proj
                                                                             monkeypatch):
     """The store dies for good after the plan is written: the shards retry, then `distill
     cache` ends with exit status 2 and one line naming the store, the shard and what to check."""
-    import s3server
     import distill.flows.caching as caching
+    import s3server
 
     monkeypatch.setattr(caching, "shard_task", caching.shard_task.with_options(
         retries=1, retry_delay_seconds=0))  # the real delays add up to 65 s
