@@ -34,15 +34,19 @@ PERMANENT_ERRORS = (ConfigError, CacheError, NonFiniteOutput, ValueError, OSErro
 
 # Seconds between a shard's tries: a restarting object store answers 500 for about 30 s.
 RETRY_DELAYS = [1, 4, 10, 20, 30]
+OTHER_RETRIES = 2  # for errors neither known to pass (storage/fs.py) nor known not to
 
 
 def _retry_transient(task, task_run, state) -> bool:
-    """Retry a shard unless the error will not go away by itself (bad config, NaN model, a
-    full disk); a store's 5xx, throttling, reset or timeout passes (storage/fs.py)."""
+    """Retry a shard through a store's 5xx, throttling, resets and timeouts (storage/fs.py);
+    never when the error will not go away by itself (bad config, NaN model, a full disk); an
+    error of neither kind a little, so that a bug does not wait out the store's backoff."""
     try:
         state.result()
     except Exception as e:
-        return is_transient(e) or not isinstance(e, PERMANENT_ERRORS)
+        if is_transient(e):
+            return True
+        return not isinstance(e, PERMANENT_ERRORS) and task_run.run_count <= OTHER_RETRIES
     return False
 
 
