@@ -26,19 +26,27 @@ from distill.pipeline.calibration import held_out_teachers
 from distill.pipeline.config import ConfigError, DistillConfig, eval_corpus_config, load_config
 from distill.pipeline.corpus import plan_corpus
 from distill.storage.cache import Cache
+from distill.storage.fs import StoreUnavailable, is_transient
 from distill.storage.records import CacheError, Plan
 
 PERMANENT_ERRORS = (ConfigError, CacheError, NonFiniteOutput, ValueError, OSError)
 
 
+# Seconds between a shard's tries: a restarting object store answers 500 for about 30 s.
+RETRY_DELAYS = [1, 4, 10, 20, 30]
+OTHER_RETRIES = 2  # for errors neither known to pass (storage/fs.py) nor known not to
+
+
 def _retry_transient(task, task_run, state) -> bool:
-    """Retry a shard unless the error will not go away by itself (bad config, NaN model)."""
+    """Retry a shard through a store's 5xx, throttling, resets and timeouts (storage/fs.py);
+    never when the error will not go away by itself (bad config, NaN model, a full disk); an
+    error of neither kind a little, so that a bug does not wait out the store's backoff."""
     try:
         state.result()
-    except PERMANENT_ERRORS:
-        return False
-    except Exception:
-        return True
+    except Exception as e:
+        if is_transient(e):
+            return True
+        return not isinstance(e, PERMANENT_ERRORS) and task_run.run_count <= OTHER_RETRIES
     return False
 
 
@@ -52,11 +60,20 @@ def plan_task(config: DistillConfig) -> Plan:
     return plan
 
 
-@task(name="cache-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1,
-      retry_condition_fn=_retry_transient, task_run_name="{teacher.config.name}-shard-{index}")
+@task(name="cache-shard", cache_policy=NO_CACHE, retries=len(RETRY_DELAYS),
+      retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=_retry_transient,
+      task_run_name="{teacher.config.name}-shard-{index}")
 def shard_task(teacher: TeacherCache, index: int) -> int:
     report = reporter()
-    entry = teacher.compute(index, on_rows=lambda n: report.advance(teacher.config.name, n))
+    try:
+        entry = teacher.compute(index, on_rows=lambda n: report.advance(teacher.config.name, n))
+    except Exception as e:
+        if not is_transient(e):
+            raise
+        # Its own type and message, since the cause does not survive the trip back from a
+        # Ray/Dask worker, and the command's one line must name the store and the shard.
+        raise StoreUnavailable.of(teacher.cache.location, f"shard {index} of teacher "
+                                  f"{teacher.config.name} could not be written", e) from e
     return entry.rows
 
 

@@ -70,7 +70,11 @@ def _checked(config: Path, teachers: list[str] | None = None, method: str | None
 
 
 def _denied(location: str, error: PermissionError) -> None:
-    """Object stores answer wrong or missing credentials with PermissionError (s3fs: Forbidden)."""
+    """Object stores answer wrong or missing credentials with PermissionError (s3fs: Forbidden,
+    with no errno); the operating system's own carries an errno and the local file it refused."""
+    if isinstance(error.errno, int) and error.filename:
+        _fail(f"{error.filename}: permission denied ({error.strerror}); check that this user may "
+              "write there (owner and mode of the file and its folder)")
     _fail(f"{location}: access denied ({error}); check the credentials the store expects "
           "(for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL or a profile)")
 
@@ -109,6 +113,7 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
     from distill.flows.tables import print_cache_summary
     from distill.pipeline.caching import NonFiniteOutput
     from distill.pipeline.config import ConfigError
+    from distill.storage.fs import StoreUnavailable, is_transient
     from distill.storage.records import CacheError
 
     try:
@@ -118,10 +123,14 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
                                         verify=verify)
             else:
                 summaries = cache_teachers(loaded, teachers=teacher, max_parallel=parallel, verify=verify)
-    except (ConfigError, CacheError, NonFiniteOutput, ValueError) as e:
+    except (ConfigError, CacheError, NonFiniteOutput, ValueError, StoreUnavailable) as e:
         _fail(str(e))
     except PermissionError as e:
         _denied(loaded.cache, e)
+    except Exception as e:  # the store failing outside a shard's retries (listing, manifest)
+        if not is_transient(e):
+            raise
+        _fail(str(StoreUnavailable.of(loaded.cache, "the store keeps failing", e)))
     print_cache_summary(summaries, loaded.cache, console)
 
 

@@ -106,7 +106,7 @@ def _ray(runner: RunnerConfig, where: str):
             # ends, under the feet of any teacher flow still running beside it.
             if runner.address:
                 _reachable(runner, where)
-                _in_keeper(ray.init, address=runner.address)
+                _connect_ray(runner, where)
             else:
                 temp_dir = tempfile.mkdtemp(prefix="distill-ray-")
                 _clusters.callback(shutil.rmtree, temp_dir, ignore_errors=True)
@@ -131,6 +131,30 @@ def _ray(runner: RunnerConfig, where: str):
         return [node["Resources"] for node in ray.nodes() if node["Alive"]]
 
     return RayTaskRunner(), offers, remote_options(**runner.shard_resources)
+
+
+def _connect_ray(runner: RunnerConfig, where: str) -> None:
+    """Join the cluster at `runner.address` with the auth mode `ray start --head` gave it.
+
+    Without RAY_AUTH_MODE, `ray start` turns token authentication on whenever this machine
+    has a token (~/.ray/auth_token, written by any earlier local Ray run), but `ray.init` with
+    an explicit address never does, so the client was refused after 20 s. We decide as Ray's
+    own `address="auto"` does: token mode when a token is at hand (a cluster without auth
+    ignores the token). A cluster holding another token still refuses: say which setting."""
+    import ray
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    try:
+        _in_keeper(ray.init, address=runner.address)
+    except ConnectionError as e:
+        raise ConfigError(
+            f"{where}: runner.address: the ray cluster at {runner.address} refused this client "
+            f"({str(e).splitlines()[0]}); a cluster with token authentication needs its token "
+            "here too: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the token of the head "
+            "node's ~/.ray/auth_token") from None
 
 
 def _dask(runner: RunnerConfig, where: str):

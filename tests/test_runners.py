@@ -1,11 +1,15 @@
 """Where shard tasks run (flows/runners.py, flows/devices.py): threads, Ray, Dask, one teacher
 per device. Ray and Dask start clusters (10-30 s each here), so each has one slow test."""
 
+import contextlib
 import os
 import pickle
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,6 +22,7 @@ from distill.flows.caching import cache_teacher, cache_teachers
 from distill.flows.cli import app
 from distill.flows.devices import limit_name
 from distill.flows.runners import cluster_scope
+from distill.flows.server import die_with_parent
 from distill.pipeline import caching
 from distill.pipeline.caching import teacher_cache
 from distill.pipeline.config import ConfigError, load_config, with_runner
@@ -196,3 +201,69 @@ def test_dask_from_a_folder_with_decoy_packages(project, tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _shard_files(project.root / "dask-cache") == baseline
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """`ray start --head` on this machine, as a user starts it: no RAY_AUTH_MODE, a token in
+    ~/.ray/auth_token (as any earlier local Ray run leaves), so Ray turns token auth on. Its
+    own session, killed whole at the end (a SIGTERM leaves gcs_server running)."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("distill-test-" + "0" * 52)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(home)
+    port = _closed_port()
+    temp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must fit 107 bytes
+    log = open(tmp_path / "ray-head.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+         f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=die_with_parent())  # and --block's reaper takes Ray's processes with it
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, \
+                    (tmp_path / "ray-head.log").read_text()[-3000:]
+                time.sleep(0.5)
+        yield f"127.0.0.1:{port}", env
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_address_of_a_head_started_with_token_auth(project, ray_head, tmp_path):
+    """`distill cache --runner ray --address` joins a `ray start --head` cluster that turned
+    token auth on by itself (it used to be refused after 20 s with InvalidAuthToken), and
+    writes the thread runner's bytes; a client without the cluster's token is told which
+    setting to give."""
+    address, env = ray_head
+    cache_teachers(str(project.config()))
+    baseline = _shard_files(project.cache)
+    env = {**env, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)
+
+    def cache(name: str, **extra) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "distill.flows.cli", "cache",
+                               str(project.config(cache=name)), "--teacher", "a", "--runner", "ray",
+                               "--address", address],
+                              env={**env, **extra}, capture_output=True, text=True, timeout=300)
+
+    done = cache("ray-cache")
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = _shard_files(project.root / "ray-cache")
+    assert len(written) == 3 and written.items() <= baseline.items()
+    refused = cache("other-cache", RAY_AUTH_TOKEN="not-the-clusters-token")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert f"the ray cluster at {address} refused this client" in refused.stderr
+    assert "RAY_AUTH_TOKEN" in refused.stderr and "Traceback" not in refused.stderr

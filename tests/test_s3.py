@@ -191,3 +191,80 @@ def test_wrong_keys_are_refused(s3_cache, monkeypatch):
         s3fs.S3FileSystem.clear_instance_cache()
     assert result.exit_code == 2
     assert "access denied" in result.output and "AWS_SECRET_ACCESS_KEY" in result.output
+
+
+@pytest.mark.usefixtures("prefect")
+def test_a_store_restarted_mid_run_costs_retries_not_rows(project, tmp_path, monkeypatch):
+    """SeaweedFS stopped gracefully and started again right after the first shard lands: it
+    refuses connections, then answers 500 while its volumes come back. The shards retry with
+    backoff (their OSError used to count as permanent: 7 failed at once) and the run ends with
+    every row exactly once and nothing beside the published shards."""
+    import s3server
+
+    with s3server.seaweedfs(tmp_path / "weed") as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        import s3fs
+
+        s3fs.S3FileSystem.clear_instance_cache()
+        location = f"s3://{server.bucket}/restarted/cache"
+        config = load_config(project.config(cache=location, corpus={"path": "corpus.jsonl",
+                                                                    "rows_per_shard": 10}))
+        write_shard, restarted = Cache.write_shard, []
+
+        def restart_after_first(self, *args, **kwargs):
+            entry = write_shard(self, *args, **kwargs)
+            if not restarted and "/teachers/" in self.teacher_dir(args[0]):
+                restarted.append(True)
+                server.restart()
+            return entry
+
+        monkeypatch.setattr(Cache, "write_shard", restart_after_first)
+        try:
+            [summary] = cache_teachers(config, teachers=["a"])
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+        assert restarted and summary["rows"] == 120 and summary["shards"] == 12
+        cache = Cache(location)
+        manifest = cache.load_manifest(summary["teacher_id"])
+        ids = [i for s in manifest.shards for i in cache.read_shard(summary["teacher_id"], s)
+               .column("sample_id").to_pylist()]
+        assert len(ids) == len(set(ids)) == 120
+        objects = {p.rsplit("/", 1)[1] for p in cache.fs.find(cache.teacher_dir(summary["teacher_id"]))}
+        assert objects == {"manifest.json"} | {f"shard-{s.index:05d}.{ext}"
+                                               for s in manifest.shards for ext in ("arrow", "json")}
+
+
+@pytest.mark.usefixtures("prefect")
+def test_a_store_that_stays_down_is_one_line_naming_the_store_and_the_shard(project, tmp_path,
+                                                                            monkeypatch):
+    """The store dies for good after the plan is written: the shards retry, then `distill
+    cache` ends with exit status 2 and one line naming the store, the shard and what to check."""
+    import distill.flows.caching as caching
+    import s3server
+
+    monkeypatch.setattr(caching, "shard_task", caching.shard_task.with_options(
+        retries=1, retry_delay_seconds=0))  # the real delays add up to 65 s
+    with s3server.seaweedfs(tmp_path / "weed") as server:
+        for name, value in server.env().items():
+            monkeypatch.setenv(name, value)
+        import s3fs
+
+        location = f"s3://{server.bucket}/down/cache"
+        config = project.config(cache=location)
+        write_shard = Cache.write_shard
+
+        def die_first(self, *args, **kwargs):
+            server.kill()
+            return write_shard(self, *args, **kwargs)
+
+        monkeypatch.setattr(Cache, "write_shard", die_first)
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            result = CliRunner().invoke(app, ["cache", str(config), "--teacher", "a"])
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
+    assert result.exit_code == 2, result.output
+    line = " ".join(result.output.split())
+    assert re.search(rf"error: {location}: shard \d of teacher a could not be written", line), line
+    assert "AWS_ENDPOINT_URL" in line and "Traceback" not in result.output
