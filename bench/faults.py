@@ -103,9 +103,14 @@ class Result:
     def traceback(self) -> bool:
         return TRACEBACK in self.stderr
 
-    def last_line(self) -> str:
+    def error_lines(self) -> list[str]:
+        """The command's error message: its last `error:` line and any lines after it."""
         lines = [line for line in self.stderr.splitlines() if line.strip()]
-        return lines[-1] if lines else ""
+        starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+        return lines[starts[-1]:] if starts else lines[-1:]
+
+    def error(self) -> str:
+        return " ".join(" ".join(self.error_lines()).split())
 
 
 class Cli:
@@ -184,7 +189,7 @@ DELETE = re.compile(r"\b[Dd]elete (?:it|the folder|(\S+))(?=[\s,;.:)]|$)")
 def next_command(result: Result, resume: bool, work: Path) -> tuple[str, ...] | None:
     """The command a user runs after `result` refused (exit 2), having done what its message says
     (deleting what it names); None when the message names no fix we can follow."""
-    message = result.last_line()
+    message = result.error()  # all of it: a user reads a message that spans lines whole
     deleted = _delete_named(message, work)
     if "without --resume" in message:
         return ("train", "config.yaml")
@@ -224,6 +229,7 @@ class Tally:
     commands: int = 0
     refusals: int = 0
     refusals_without_fix: int = 0
+    multi_line_refusals: int = 0
     repairs: int = 0
     trains_skipped: int = 0
     tracebacks: int = 0
@@ -241,14 +247,18 @@ class Tally:
         if result.traceback:
             self.tracebacks += 1
             self.problems.append(f"traceback: {what}: distill {' '.join(result.args)} -> "
-                                 f"{result.last_line()[:300]}")
+                                 f"{result.error()[:300]}")
         if result.rc == 2:
             self.refusals += 1
-            self.refused.append(f"{what}: distill {' '.join(result.args)} -> {result.last_line()}")
+            if len(result.error_lines()) > 1:
+                self.multi_line_refusals += 1
+                self.problems.append(f"refusal on {len(result.error_lines())} lines: {what}: "
+                                     f"{result.error()[:300]}")
+            self.refused.append(f"{what}: distill {' '.join(result.args)} -> {result.error()}")
         elif result.rc not in (0, 2, None):
             self.other_failures += 1
             self.problems.append(f"exit {result.rc}: {what}: distill {' '.join(result.args)} -> "
-                                 f"{result.last_line()[:300]}")
+                                 f"{result.error()[:300]}")
 
 
 def until_done(cli: Cli, tally: Tally, first: tuple[str, ...], what: str) -> Result | None:
@@ -265,7 +275,7 @@ def until_done(cli: Cli, tally: Tally, first: tuple[str, ...], what: str) -> Res
         args = next_command(result, "--resume" in args, cli.work)
         if args is None:
             tally.refusals_without_fix += 1
-            tally.problems.append(f"no usable fix: {what}: {result.last_line()[:300]}")
+            tally.problems.append(f"no usable fix: {what}: {result.error()[:300]}")
             return None
     tally.not_converged += 1
     tally.problems.append(f"did not settle in {MAX_STEPS} commands: {what}")
@@ -450,7 +460,7 @@ def run_faults(cli: Cli, rng: random.Random, args) -> Tally:
     trained = cli("train", "config.yaml")
     reference = student_bytes(cli.work)
     if cached.rc or trained.rc or reference is None:
-        sys.exit(f"the clean reference run failed: {cached.last_line()} {trained.last_line()}")
+        sys.exit(f"the clean reference run failed: {cached.error()} {trained.error()}")
     print(f"reference: cache {cached.seconds:.0f} s, train {trained.seconds:.0f} s", flush=True)
     snapshot = cli.work / "snapshot"
     shutil.copytree(cli.work / "cache", snapshot / "cache")
@@ -472,6 +482,7 @@ def report(tally: Tally, seed: int, wall: float, args) -> None:
             ("damaged bytes trained on", tally.damaged_trained_on, "target 0"),
             ("bad inputs that ended in a traceback", tally.tracebacks, "target 0"),
             ("refusals whose message named no usable fix", tally.refusals_without_fix, "target 0"),
+            ("refusals on more than one line", tally.multi_line_refusals, "target 0"),
             ("final student equals an uninterrupted run", "yes" if equal else "no", "target yes")]:
         print(f"{name}: {value} ({target})", flush=True)
         results[name] = {"value": value, "target": target}
