@@ -1,9 +1,11 @@
 """Training checkpoints: written atomically, resumed only by the run that made them.
 
 A checkpoint is a folder `step-NNNNNNNN` holding accelerate's `save_state` (model, optimizer,
-scheduler, RNG of every rank) and `cursor.json`: our cursor plus the run's settings. It is
-written as `partial-step-NNNNNNNN` and renamed once complete, and the previous one is removed
-only then, so a crash mid-write always leaves a whole checkpoint behind. Resuming compares the
+scheduler, RNG of every rank), `cursor.json`: our cursor plus the run's settings, and
+`checksums.json`: the sha256 of every other file, checked before a resume reads them (a flipped
+byte in the weights or the optimizer state would otherwise load without complaint and end in a
+wrong student with exit status 0). It is written as `partial-step-NNNNNNNN` and renamed once
+complete, and the previous one is removed only then, so a crash mid-write always leaves a whole checkpoint behind. Resuming compares the
 settings first: a checkpoint of another method, corpus or schedule cannot continue this run.
 """
 
@@ -15,9 +17,11 @@ import shutil
 from pathlib import Path
 
 from distill.pipeline.config import ConfigError
+from distill.storage.fs import sha256_local
 
 log = logging.getLogger(__name__)
 KEEP = 2
+CHECKSUMS = "checksums.json"
 
 
 class ResumeError(ConfigError):
@@ -33,9 +37,11 @@ def save(accelerator, folder: Path, cursor: dict, settings: dict, finished: bool
         shutil.rmtree(partial, ignore_errors=True)   # left by a crash mid-write
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()  # every rank's files are in place before they are hashed
     if accelerator.is_main_process:
         state = {"cursor": cursor, "settings": settings, "finished": finished}
         (partial / "cursor.json").write_text(json.dumps(state))
+        (partial / CHECKSUMS).write_text(json.dumps(_checksums(partial)))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         target = folder / name
@@ -68,6 +74,10 @@ def load(accelerator, folder: Path, settings: dict) -> dict:
         raise ResumeError(f"{folder}: no checkpoint to resume from; run without --resume to "
                           "start this run")
     for path in reversed(found):
+        damage = _damage(path)
+        if damage:
+            _warn(path, damage)
+            continue
         state = _read_state(path)
         if state is not None and "cursor" in state:
             _check_settings(path, state.get("settings"), settings)
@@ -77,6 +87,29 @@ def load(accelerator, folder: Path, settings: dict) -> dict:
             _warn(path, "cursor.json is missing or unreadable")
     raise ResumeError(f"{folder}: no usable checkpoint ({', '.join(p.name for p in found)} could "
                       "not be read); delete the folder and run without --resume to start over")
+
+
+def _checksums(path: Path) -> dict[str, str]:
+    return {str(f.relative_to(path)): sha256_local(f) for f in sorted(path.rglob("*"))
+            if f.is_file() and f.name != CHECKSUMS}
+
+
+def _damage(path: Path) -> str | None:
+    """What is wrong with a checkpoint's files against its checksums.json, or None. One written
+    before checksums were kept has none, and is read unchecked."""
+    listed = path / CHECKSUMS
+    if not listed.exists():
+        return None
+    try:
+        expected = json.loads(listed.read_text())
+    except (OSError, ValueError):
+        expected = None
+    if not isinstance(expected, dict):
+        return f"{CHECKSUMS} is unreadable"
+    found = _checksums(path)
+    changed = sorted(name for name in expected.keys() | found.keys()
+                     if expected.get(name) != found.get(name))
+    return f"{', '.join(changed)} differ from {CHECKSUMS}" if changed else None
 
 
 def _read_state(path: Path) -> dict | None:

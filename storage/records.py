@@ -28,8 +28,17 @@ class Record(BaseModel):
         try:
             return cls.model_validate(json.loads(data))
         except (ValueError, ValidationError) as e:
-            raise CacheError(f"{source}: not a valid {cls.__name__} ({e}). "
+            raise CacheError(f"{source}: not a valid {cls.__name__} ({_one_line(e)}). "
                              "Delete it and re-run `distill cache` to rebuild it.") from e
+
+
+def _one_line(error: ValueError) -> str:
+    """The error on one line, as every user error is: pydantic's own message spans several
+    (count, field, message, input, link), so it is said as `field: message; ...`."""
+    if isinstance(error, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'top level'}: {e['msg']}"
+                         for e in error.errors())
+    return " ".join(str(error).split())
 
 
 class CacheError(RuntimeError):

@@ -106,3 +106,25 @@ def test_a_truncated_latest_checkpoint_falls_back_and_the_run_still_ends_exactly
     path.write_text(text)
     line = _error_line(runner.invoke(app, ["train", str(path), "--resume"]))
     assert "no usable checkpoint" in line
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.bin", "cursor.json"])
+def test_a_flipped_byte_in_the_latest_checkpoint_falls_back_instead_of_training_on_it(project, caplog, damaged):
+    """A flipped byte loads without complaint from safetensors or torch.load (or still parses as
+    JSON): only the checkpoint's checksums tell, and the resume must not continue from it."""
+    path = _config(project, checkpoint_every=2)
+    config = load_config(path)
+    train(config)
+    whole = _weights(project.root / "run" / "mean")
+    config.train.output = str(project.root / "run2")
+    train(config, max_steps=5)
+    latest = project.root / "run2" / "mean" / "checkpoints" / "step-00000005" / damaged
+    data = bytearray(latest.read_bytes())
+    at = len(data) - 40 if damaged != "cursor.json" else data.rindex(b'"step": 5') + len('"step": ')
+    data[at] ^= 0x06  # a weight's low bits, an optimizer moment's, or step 5 -> 3
+    latest.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        resumed = train(config, resume=True)
+    assert f"step-00000005 is unusable ({damaged} differ" in caplog.text
+    assert resumed["finished"] and resumed["steps"] == 12
+    _assert_same(_weights(project.root / "run2" / "mean"), whole)
