@@ -109,7 +109,8 @@ def test_a_truncated_latest_checkpoint_falls_back_and_the_run_still_ends_exactly
 
 
 @pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.bin", "cursor.json"])
-def test_a_flipped_byte_in_the_latest_checkpoint_falls_back_instead_of_training_on_it(project, caplog, damaged):
+def test_a_flipped_byte_in_the_latest_checkpoint_falls_back_instead_of_training_on_it(project, caplog,
+                                                                                       damaged):
     """A flipped byte loads without complaint from safetensors or torch.load (or still parses as
     JSON): only the checkpoint's checksums tell, and the resume must not continue from it."""
     path = _config(project, checkpoint_every=2)
