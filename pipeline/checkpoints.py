@@ -6,7 +6,8 @@ scheduler, RNG of every rank), `cursor.json`: our cursor plus the run's settings
 byte in the weights or the optimizer state would otherwise load without complaint and end in a
 wrong student with exit status 0). It is written as `partial-step-NNNNNNNN` and renamed once
 complete, and the previous one is removed only then, so a crash mid-write always leaves a whole
-checkpoint behind. Resuming compares the settings first: a checkpoint of another method, corpus or schedule cannot continue this run.
+checkpoint behind. Resuming compares the settings first: a checkpoint of another method, corpus
+or schedule cannot continue this run.
 """
 
 from __future__ import annotations
