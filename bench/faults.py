@@ -13,11 +13,12 @@ differently seeded 12-way heads (2 layers keep it fast), WordNet pool text, smal
 1-layer student cut from teacher t0, checkpoints every few steps. The commands share one Prefect
 server (PREFECT_API_URL, as with `prefect server start`): a command's own server would add ~10 s
 to each of the ~150 commands; test_orphans.py covers killing those. A refusal (exit 2) is
-answered as a user would: by doing what its message says (delete the named file or folder,
-re-run `distill cache`, run with or without --resume); a refusal that names none of these counts as "no usable fix". After damage
-to the cache, `distill train` is skipped when `distill cache` left the cache byte-identical to
-the reference's (same bytes in, same student out: the kill runs check that determinism); after
-damage to a checkpoint, `distill cache` is skipped (the cache is untouched).
+answered as a user would: by doing what its message says (delete the named file or folder, re-
+run `distill cache`, run with or without --resume); a refusal that names none of these counts as
+"no usable fix". After damage to the cache, `distill train` is skipped when `distill cache` left
+the cache byte-identical to the reference's (same bytes in, same student out: the kill runs
+check that determinism); after damage to a checkpoint, `distill cache` is skipped (the cache is
+untouched).
 Run: python bench/faults.py [--seed S] [--kills N] [--flips N] [--rows N] [--workdir DIR]
 """
 
