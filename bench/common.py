@@ -25,13 +25,17 @@ def hermetic_env() -> None:
 
 
 def interleaved(runs: dict[str, Callable[[], float | None]], repeats: int) -> dict[str, float]:
-    """Median wall time of each callable, measured in turns (A B A B ...) so machine noise
-    hits all of them alike. A callable may return its own time (to exclude its setup)."""
+    """Median wall time of each callable, measured in turns so machine noise hits all of them
+    alike. The order rotates each turn (A B C, B C A, C A B, ...): with a fixed order the last
+    callable always ran on a process that had just freed the previous one's model, and on these
+    VMs that position alone moved a ratio by a few percent. A callable may return its own time
+    (to exclude its setup)."""
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
+    names = list(runs)
+    for turn in range(repeats):
+        for name in names[turn % len(names):] + names[:turn % len(names)]:
             start = time.perf_counter()
-            own = fn()
+            own = runs[name]()
             times[name].append(own if own is not None else time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 

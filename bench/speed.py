@@ -150,6 +150,12 @@ def main() -> None:
                t["memory"] / t["disk"], "target >= 0.97", results)
         report("cost of verifying (steps/s verified / steps/s with the sha256 check skipped)",
                t["disk-unverified"] / t["disk"], "for reference", results)
+        # What the data path itself costs: one epoch's batches read, verified and built from
+        # disk with no student, as a fraction of the epoch's training time from memory. The
+        # ratios above can move by more than this on a noisy VM; this is the work they measure.
+        build = interleaved({"build": lambda: sum(1 for _ in stream.epoch(0)) and None}, args.repeats)
+        report("data-path work (seconds to build an epoch's batches from disk / its training seconds)",
+               build["build"] / t["memory"], "for reference", results)
         if args.data_path_only:
             save("speed-data-path", results)
             return

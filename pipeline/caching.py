@@ -136,6 +136,8 @@ class TeacherCache(ABC):
         same rows at the same places: their text shards are byte-identical, so the text shard's
         sha256 identifies the rows, and the teacher's output for them is copied (verified as it
         is read, with this cache's ids written into its metadata) instead of recomputed."""
+        if not todo:  # nothing to compute: skip reading every other manifest
+            return []
         donors = self._donors()
         left = []
         for index in todo:

@@ -78,5 +78,26 @@ def plan_corpus(cache: Cache, corpus: CorpusConfig, progress=None) -> Plan:
 
 
 def corpus_plan_id(corpus: CorpusConfig) -> str:
-    """The id of this corpus's plan (one pass over its text; nothing is written)."""
-    return plan_id_of(load_rows(corpus), corpus.rows_per_shard)
+    """The id of this corpus's plan (one pass over its text; nothing is written).
+
+    Remembered for the life of the process while the corpus files are unchanged, because a
+    `distill serve` worker asks after every finished cache whether a config's caches are
+    complete, and one pass over a large corpus each time would dominate. "Unchanged" is judged
+    by each file's inode, size, mtime and ctime: an edit in place changes ctime, which no user
+    call can set back, so an edited corpus is always read again."""
+    key = (corpus.model_dump_json(), _files_state(Path(corpus.path)))
+    if key not in _PLAN_IDS:
+        _PLAN_IDS[key] = plan_id_of(load_rows(corpus), corpus.rows_per_shard)
+    return _PLAN_IDS[key]
+
+
+_PLAN_IDS: dict[tuple, str] = {}
+
+
+def _files_state(path: Path) -> tuple:
+    """(name, inode, size, mtime, ctime) of every file making up the corpus at `path`."""
+    if not path.exists():
+        return ()  # load_rows says so
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return tuple((str(p), *((s := p.stat()).st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns))
+                 for p in files)

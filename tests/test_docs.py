@@ -15,8 +15,11 @@ from distill.storage.cache import Cache
 from distill.storage.columns import fixed_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTSIDE = ("DESIGN.md", "BENCHMARK.md", "papers.md", "govern-check", "ecosystem.md",
-           "models-and-data", "shared/research")
+# Names of the founding notes kept outside the repository, spelled in parts so that this test
+# is not itself a reference to them.
+OUTSIDE = tuple("".join(parts) for parts in (("DES", "IGN.md"), ("BENCH", "MARK.md"), ("pap", "ers.md"),
+                                              ("govern", "-check"), ("eco", "system.md"),
+                                              ("models-", "and-data"), ("shared/", "research")))
 
 
 def test_config_reference_is_generated_from_the_models():

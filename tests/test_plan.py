@@ -88,3 +88,23 @@ def test_missing_or_empty_corpus_is_a_clear_error(tmp_path):
     tiny.write_jsonl(tmp_path / "c.jsonl", [{"text": ""}])
     with pytest.raises(ValueError, match="no usable text"):
         _plan(tmp_path, tmp_path / "c.jsonl")
+
+
+def test_the_plan_id_is_remembered_until_a_corpus_file_changes(tmp_path, monkeypatch):
+    """A serve worker asks for the plan id after every cache: asked again over the same files it
+    is not read again, but an edit in place (here of the same size) is always seen."""
+    from distill.pipeline import corpus as corpus_module
+
+    path = tmp_path / "c.jsonl"
+    tiny.write_jsonl(path, [{"text": t} for t in TEXTS])
+    config = CorpusConfig(path=str(path), rows_per_shard=8)
+    reads = []
+    real = corpus_module.load_rows
+    monkeypatch.setattr(corpus_module, "load_rows", lambda c: reads.append(1) or real(c))
+    first = corpus_module.corpus_plan_id(config)
+    assert corpus_module.corpus_plan_id(config) == first and len(reads) == 1
+    edited = [{"text": t} for t in TEXTS]
+    edited[3]["text"] = edited[3]["text"][::-1]  # same length, other text
+    tiny.write_jsonl(path, edited)
+    assert corpus_module.corpus_plan_id(config) != first and len(reads) == 2
+    assert corpus_module.corpus_plan_id(config) == _plan(tmp_path, path, rows_per_shard=8).plan_id
