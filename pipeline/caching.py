@@ -13,6 +13,7 @@ import json
 import os
 import threading
 from abc import ABC, abstractmethod
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -93,9 +94,9 @@ class TeacherCache(ABC):
                            alone=os.getpid() != self._home_pid)
 
     @abstractmethod
-    def describe(self) -> tuple[dict, dict[str, str]]:
-        """(model settings for the manifest, column name -> Arrow type), read from the model's
-        files without loading its weights."""
+    def describe(self) -> tuple[dict, pa.Schema]:
+        """(model settings for the manifest, the Arrow schema of its shards), read from the
+        model's files without loading its weights."""
 
     @abstractmethod
     def columns(self, output, valid: np.ndarray) -> dict[str, pa.Array]:
@@ -106,12 +107,13 @@ class TeacherCache(ABC):
 
     def start(self) -> TeacherManifest:
         """Record the manifest (settings, fingerprint, schema) before the first shard."""
-        model_settings, columns = self.describe()
+        model_settings, schema = self.describe()
         settings = {**self.identity.settings, "model": str(self.config.model), **model_settings}
         manifest = TeacherManifest(
             teacher_id=self.teacher_id, name=self.config.name, plan_id=self.plan.plan_id,
             format_version=FORMAT_VERSION, code_version=code_version(),
-            fingerprint=self.identity.fingerprint, settings=settings, columns=columns)
+            fingerprint=self.identity.fingerprint, settings=settings,
+            arrow_schema=TeacherManifest.encode_schema(schema))
         return self.cache.start_teacher(manifest)
 
     def pending(self, verify: bool = True) -> tuple[list[int], list[str]]:
@@ -204,7 +206,16 @@ class TeacherCache(ABC):
         return self.seed_base() * 100_003 + index
 
     def _table(self, ids: pa.ChunkedArray, output, valid: np.ndarray, index: int) -> pa.Table:
-        return self._with_metadata(pa.table({"sample_id": ids, **self.columns(output, valid)}), index)
+        table = pa.table({"sample_id": ids, **self.columns(output, valid)})
+        if not table.schema.equals(self.schema):  # the manifest is the contract readers rely on
+            raise RuntimeError(f"teacher {self.config.name}: shard {index} has schema {table.schema}, "
+                               f"its manifest records {self.schema}")
+        return self._with_metadata(table, index)
+
+    @cached_property
+    def schema(self) -> pa.Schema:
+        """The schema `start` recorded (read back: a shard task may run in another process)."""
+        return self.cache.load_manifest(self.teacher_id).schema
 
     def _with_metadata(self, table: pa.Table, index: int) -> pa.Table:
         meta = {"teacher_id": self.teacher_id, "plan_id": self.plan.plan_id, "shard": index,
@@ -218,7 +229,7 @@ class ClassificationCache(TeacherCache):
 
     kind = "classification"
 
-    def describe(self) -> tuple[dict, dict[str, str]]:
+    def describe(self) -> tuple[dict, pa.Schema]:
         from transformers import AutoConfig
 
         model_config = AutoConfig.from_pretrained(self.identity.model_dir, local_files_only=True,
@@ -230,7 +241,7 @@ class ClassificationCache(TeacherCache):
         hidden = getattr(model_config, "hidden_size", None)
         settings = {"num_labels": num_labels, "hidden_size": hidden,
                     "labels": [model_config.id2label[i] for i in range(num_labels)]}
-        return settings, _column_types(self.config, num_labels, hidden)
+        return settings, _schema(self.config, num_labels, hidden)
 
     def seed_base(self) -> int:
         return self.config.mc_dropout.seed if self.config.mc_dropout else 0
@@ -249,14 +260,13 @@ class ClassificationCache(TeacherCache):
         return columns
 
 
-def _column_types(config: TeacherConfig, num_labels: int, hidden: int | None) -> dict[str, str]:
-    columns = {"sample_id": "int64", "logits": f"fixed_size_list<{config.logits_dtype}>[{num_labels}]",
-               "truncated": "bool"}
+def _schema(config: TeacherConfig, num_labels: int, hidden: int | None) -> pa.Schema:
+    logits = pa.float16() if config.logits_dtype == "float16" else pa.float32()
+    fields = [("sample_id", pa.int64()), ("logits", pa.list_(logits, num_labels)), ("truncated", pa.bool_())]
     if config.mc_dropout:
-        columns.update(mc_probs=f"fixed_size_list<float32>[{num_labels}]", mc_entropy="float32",
-                       mc_mutual_info="float32")
+        fields += [("mc_probs", pa.list_(pa.float32(), num_labels)), ("mc_entropy", pa.float32()),
+                   ("mc_mutual_info", pa.float32())]
     if config.features:
-        width = config.features.project_to or hidden
-        columns["features"] = (f"fixed_size_list<float16>[{width}]" if config.features.pooling == "mean"
-                               else f"list<fixed_size_list<float16>[{width}]>")
-    return columns
+        vector = pa.list_(pa.float16(), config.features.project_to or hidden)
+        fields.append(("features", vector if config.features.pooling == "mean" else pa.list_(vector)))
+    return pa.schema(fields)

@@ -17,9 +17,9 @@ is the teacher's hidden size or its fixed seeded projection (`features.project_t
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
@@ -42,10 +42,11 @@ class TeacherFeatures:
 
 def feature_layout(manifest: TeacherManifest) -> tuple[int, bool] | None:
     """(width, pooled) of a teacher cache's `features` column, or None when it has none."""
-    kind = manifest.columns.get("features")
-    if kind is None:
+    if "features" not in manifest.schema.names:
         return None
-    return int(re.search(r"\[(\d+)\]", kind).group(1)), kind.startswith("fixed_size_list")
+    kind = manifest.schema.field("features").type
+    pooled = pa.types.is_fixed_size_list(kind)   # [D] per row, or list<[D]> per token
+    return (kind if pooled else kind.value_type).list_size, pooled
 
 
 def consensus_weights(similarity: torch.Tensor, mask: torch.Tensor, tau: float) -> torch.Tensor:

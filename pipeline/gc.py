@@ -95,6 +95,11 @@ def unused_caches(cache: Cache, used: UsedCaches) -> list[Unused]:
     out += [Unused("plan", p, cache.load_plan(p).source, path := cache.plan_dir(p),
                    join(path, "plan.json"), fs.du(path, total=True))
             for p in cache.plan_ids() if p not in used.plan_ids]
+    # Caches of another cache format are never used: no config's ids can name them.
+    others = sorted(cache.other_formats(), key=lambda o: o.kind != "teacher")
+    out += [Unused(o.kind, o.id, f"cache format {o.version}", o.path,
+                   join(o.path, "manifest.json" if o.kind == "teacher" else "plan.json"),
+                   fs.du(o.path, total=True)) for o in others]
     return out
 
 

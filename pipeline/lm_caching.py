@@ -34,7 +34,7 @@ class CausalLMCache(TeacherCache):
     kind = "causal-lm"
     compression = "zstd"
 
-    def describe(self) -> tuple[dict, dict[str, str]]:
+    def describe(self) -> tuple[dict, pa.Schema]:
         from transformers import AutoConfig, AutoTokenizer
 
         model_dir = self.identity.model_dir
@@ -45,19 +45,19 @@ class CausalLMCache(TeacherCache):
             raise ConfigError(f"teachers[{self.config.name}].lm.k is {lm.k}, but {self.config.model} "
                               f"has a vocabulary of {vocab} tokens; use k <= {vocab}")
         tokenizer = AutoTokenizer.from_pretrained(model_dir, **trusted)
-        ids = f"{id_dtype(vocab).name}"
-        columns = {"sample_id": "int64", "input_ids": f"list<{ids}>", "truncated": "bool",
-                   "next_logprob": "list<float16>"}
+        ids = pa.from_numpy_dtype(id_dtype(vocab))
+        fields = [("sample_id", pa.int64()), ("input_ids", pa.list_(ids)), ("truncated", pa.bool_()),
+                  ("next_logprob", pa.list_(pa.float16()))]
         if lm.mode == "top-k":
-            columns.update(topk_ids=f"list<fixed_size_list<{ids}>[{lm.k}]>",
-                           topk_logprob_codes=f"list<fixed_size_list<uint8>[{lm.k}]>",
-                           tail_logmass="list<float16>")
+            fields += [("topk_ids", pa.list_(pa.list_(ids, lm.k))),
+                       ("topk_logprob_codes", pa.list_(pa.list_(pa.uint8(), lm.k))),
+                       ("tail_logmass", pa.list_(pa.float16()))]
         else:
-            columns.update(draw_ids=f"list<list<{ids}>>", draw_counts="list<list<uint8>>")
+            fields += [("draw_ids", pa.list_(pa.list_(ids))), ("draw_counts", pa.list_(pa.list_(pa.uint8())))]
         settings = {"vocab_size": vocab, "vocab_sha256": vocab_fingerprint(tokenizer)}
         if lm.mode == "top-k":
             settings["topk_logprob_codes"] = f"log p = -code / {CODES_PER_NAT}"
-        return settings, columns
+        return settings, pa.schema(fields)
 
     def seed_base(self) -> int:
         return self.config.lm.seed

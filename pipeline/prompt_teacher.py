@@ -54,7 +54,7 @@ class PromptTeacherCache(ClassificationCache):
 
     kind = "prompt"
 
-    def describe(self) -> tuple[dict, dict[str, str]]:
+    def describe(self) -> tuple[dict, pa.Schema]:
         from transformers import AutoConfig
 
         name, folder = self.config.name, self.identity.model_dir
@@ -62,7 +62,7 @@ class PromptTeacherCache(ClassificationCache):
             raise ValueError(f"teachers[{name}].model: {folder} maps its own teachers' prompts, so it "
                              "needs their prompt vectors for every input; use a student trained "
                              "with continual.map_teacher_prompts: false as a teacher")
-        settings, columns = super().describe()
+        settings, schema = super().describe()
         with safe_open(folder / POOL_FILE, "pt") as pool:
             size, length, dim = pool.get_slice("prompts").get_shape()
         top_k = json.loads((folder / POOL_SETTINGS).read_text())["top_k"]
@@ -73,7 +73,7 @@ class PromptTeacherCache(ClassificationCache):
                              f"{top_k} x {length} prompt positions of its pool exceed its {limit} "
                              "positions; lower max_length")
         settings["prompt_pool"] = {"size": size, "length": length, "top_k": top_k, "dim": dim}
-        return settings, {**columns, "prompt_vector": f"fixed_size_list<float16>[{dim}]"}
+        return settings, schema.append(pa.field("prompt_vector", pa.list_(pa.float16(), dim)))
 
     def columns(self, out: ShardOutput, valid: np.ndarray) -> dict[str, pa.Array]:
         return {**super().columns(out, valid), "prompt_vector": fixed_rows(out.prompt_vector, valid)}

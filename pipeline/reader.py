@@ -61,7 +61,7 @@ class CacheStream:
         self.aligned, self.labels, self.batch_size = aligned, labels, batch_size
         self.group_by_length = group_by_length
         self.features = [feature_layout(m) if features else None for m in aligned.manifests]
-        self.prompted = [k for k, m in enumerate(aligned.manifests) if "prompt_vector" in m.columns]
+        self.prompted = [k for k, m in enumerate(aligned.manifests) if "prompt_vector" in m.schema.names]
         self._lengths: dict[int, np.ndarray] = {}
         self.seed, self.shuffle, self.buffer_shards = seed, shuffle, buffer_shards
         self.rank, self.world = rank, world

@@ -10,13 +10,26 @@ sha256) are in place; `manifest.json` gets the full shard list when the last one
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 
 import pyarrow as pa
 
+from distill.storage import FORMAT_VERSION
 from distill.storage.fs import is_local, join, publish_bytes, remove_stale_temps, resolve, sha256_file
 from distill.storage.records import CacheError, DamagedShard, Plan, ShardEntry, TeacherManifest
 from distill.storage.shards import read_table, write_table
+
+
+@dataclass(frozen=True)
+class OtherCache:
+    """A plan or teacher cache of another cache format (`Cache.other_formats`)."""
+
+    kind: str        # "plan" or "teacher"
+    id: str
+    version: object  # the format_version it records
+    path: str
 
 
 def shard_file(index: int) -> str:
@@ -73,7 +86,31 @@ class Cache:
         return plan
 
     def plan_ids(self) -> list[str]:
-        return self._ids_with("corpora", "plan.json")
+        """The plans of this cache format (`other_formats` lists the others)."""
+        return [i for i, v in self._formats("corpora", "plan.json").items() if v == FORMAT_VERSION]
+
+    def other_formats(self) -> list[OtherCache]:
+        """Plans and teacher caches written in another cache format: never read (their ids are
+        never the ones this version computes), listed so that `inspect` names them and
+        `distill gc` removes them."""
+        return [OtherCache(kind, i, v, path(i))
+                for kind, folder, marker, path in (("plan", "corpora", "plan.json", self.plan_dir),
+                                                   ("teacher", "teachers", "manifest.json", self.teacher_dir))
+                for i, v in self._formats(folder, marker).items() if v != FORMAT_VERSION]
+
+    def _formats(self, folder: str, marker: str) -> dict[str, object]:
+        """{id: the format_version its marker records} for the finished sub-folders of `folder`
+        (one request for all markers: object stores fetch them concurrently). A marker that is
+        not JSON counts as this format, so that reading it reports the damage and the fix."""
+        paths = [self.inside(join(self.root, folder, i, marker)) for i in self._ids_with(folder, marker)]
+        versions = {}
+        for path, data in (self.fs.cat(paths) if paths else {}).items():
+            try:
+                version = json.loads(data).get("format_version", FORMAT_VERSION)
+            except (ValueError, AttributeError):
+                version = FORMAT_VERSION
+            versions[os.path.basename(os.path.dirname(path))] = version
+        return dict(sorted(versions.items()))
 
     def read_text_shard(self, plan: Plan, index: int) -> pa.Table:
         """Plan shard `index`, verified against the sha256 the plan recorded."""
@@ -105,7 +142,8 @@ class Cache:
         return join(self.root, "teachers", teacher_id)
 
     def teacher_ids(self) -> list[str]:
-        return self._ids_with("teachers", "manifest.json")
+        """The teacher caches of this cache format (`other_formats` lists the others)."""
+        return [i for i, v in self._formats("teachers", "manifest.json").items() if v == FORMAT_VERSION]
 
     def find_manifest(self, teacher_id: str) -> TeacherManifest | None:
         path = join(self.teacher_dir(teacher_id), "manifest.json")

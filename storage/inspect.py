@@ -161,7 +161,9 @@ def inspect_cache(cache: Cache, teachers: list[str] | None = None,
                          "skipped_non_string": p.skipped.non_string} for p in plans.values()],
               "teachers": [s.to_json() for s in stats],
               "agreement": [a for c in comparisons for a in c.agreement_json()],
-              "disagreements": [d for c in comparisons for d in c.disagreements_json()]}
+              "disagreements": [d for c in comparisons for d in c.disagreements_json()],
+              "other_formats": [{"kind": o.kind, "id": o.id, "format_version": o.version}
+                                for o in cache.other_formats()]}
     if labels is not None:
         report["labelled_rows"] = len(labels)
     return report

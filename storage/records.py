@@ -6,10 +6,15 @@ field, not with a KeyError deep in a reader.
 
 from __future__ import annotations
 
+import base64
 import json
+from functools import cached_property
 from typing import Annotated, Any
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from distill.storage import FORMAT_VERSION
 
 # Names read from these records become paths under the cache root, so they are plain names:
 # no separators, no `..`, nothing absolute (a hand-edited manifest cannot point outside).
@@ -25,8 +30,16 @@ class Record(BaseModel):
 
     @classmethod
     def from_json(cls, data: bytes | str, source: str):
+        """The record in `data`. A versioned record (a plan, a manifest) of another cache
+        format is refused before its fields are read (`OtherFormat`): the same field can mean
+        something else in another format, and reading it anyway is how a reader goes wrong
+        silently."""
         try:
-            return cls.model_validate(json.loads(data))
+            raw = json.loads(data)
+            if "format_version" in cls.model_fields and isinstance(raw, dict) \
+                    and raw.get("format_version") != FORMAT_VERSION:
+                raise OtherFormat(source, raw.get("format_version"))
+            return cls.model_validate(raw)
         except (ValueError, ValidationError) as e:
             raise CacheError(f"{source}: not a valid {cls.__name__} ({_one_line(e)}). "
                              "Delete it and re-run `distill cache` to rebuild it.") from e
@@ -43,6 +56,18 @@ def _one_line(error: ValueError) -> str:
 
 class CacheError(RuntimeError):
     """Anything wrong with a cache; the message names the file and what to do."""
+
+
+class OtherFormat(CacheError):
+    """A plan or manifest written in another cache format (`FORMAT_VERSION`) than this
+    version of distill reads. Caches of another format are never read: listings leave them
+    out (`Cache.other_formats` names them) and `distill gc` removes them."""
+
+    def __init__(self, path: str, version: object):
+        super().__init__(f"{path}: written in cache format {version}, and this distill reads "
+                         f"format {FORMAT_VERSION}; run `distill cache CONFIG` to cache it again "
+                         "and `distill gc CONFIG` to remove the old one")
+        self.path, self.version = path, version
 
 
 class DamagedShard(CacheError):
@@ -119,6 +144,24 @@ class TeacherManifest(Record):
     code_version: str
     fingerprint: dict[str, str]
     settings: dict[str, Any]
-    columns: dict[str, str]
+    arrow_schema: str               # the shards' Arrow schema, IPC-serialized, base64
     shards: list[ShardEntry] = []
     complete: bool = False
+
+    # The column types are the Arrow schema itself, in Arrow's own serialization (as Parquet
+    # keeps it under `ARROW:schema`), so readers get structured types (a feature width is
+    # `schema.field("features").type.list_size`), never a type name parsed back from a string.
+
+    @staticmethod
+    def encode_schema(schema: pa.Schema) -> str:
+        return base64.b64encode(schema.serialize().to_pybytes()).decode()
+
+    @cached_property
+    def schema(self) -> pa.Schema:
+        """The Arrow schema every shard of this cache has."""
+        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(self.arrow_schema)))
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """Column name -> Arrow type, as text (for people: reports and artifacts)."""
+        return {f.name: str(f.type) for f in self.schema}

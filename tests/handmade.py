@@ -36,7 +36,7 @@ def write_teacher(cache: Cache, plan: Plan, name: str, columns: dict, labels: li
     teacher_id = hashlib.sha256(f"{name}|{plan.plan_id}{version}".encode()).hexdigest()[:16]
     manifest = TeacherManifest(
         teacher_id=teacher_id, name=name, plan_id=plan.plan_id, format_version=FORMAT_VERSION,
-        code_version="test", fingerprint={}, columns={k: _type_name(v) for k, v in columns.items()},
+        code_version="test", fingerprint={}, arrow_schema=TeacherManifest.encode_schema(_schema(columns)),
         settings={"model": f"handmade/{name}", "kind": "classification",
                   "num_labels": len(labels), "labels": labels})
     cache.start_teacher(manifest)
@@ -66,8 +66,8 @@ def _arrow(values) -> tuple[pa.Array, int]:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(values))), 0
 
 
-def _type_name(values) -> str:
-    return str(_arrow(values[:1])[0].type)
+def _schema(columns: dict) -> pa.Schema:
+    return pa.schema([("sample_id", pa.int64())] + [(k, _arrow(v[:1])[0].type) for k, v in columns.items()])
 
 
 # ---- the inspection scenario shared by the inspect, base-install and browser tests -------

@@ -65,11 +65,15 @@ def test_missing_keys_and_files(tmp_path):
 
 def test_a_label_map_naming_classes_the_cached_teacher_lacks_is_refused():
     """Training checks the map against the classes its cache recorded, whatever pre-flight saw."""
+    import pyarrow as pa
+
     from distill.pipeline.labels import build_label_space
+    from distill.storage import FORMAT_VERSION
     from distill.storage.records import TeacherManifest
 
-    manifest = TeacherManifest(teacher_id="0" * 16, name="a", plan_id="p", format_version=1,
-                               code_version="test", fingerprint={}, columns={},
+    manifest = TeacherManifest(teacher_id="0" * 16, name="a", plan_id="p",
+                               format_version=FORMAT_VERSION, code_version="test", fingerprint={},
+                               arrow_schema=TeacherManifest.encode_schema(pa.schema([])),
                                settings={"num_labels": 2, "labels": ["neg", "pos"]})
     assert build_label_space([manifest], None, {"a": {"pos": "good"}}).labels == ["neg", "good"]
     with pytest.raises(ConfigError) as e:

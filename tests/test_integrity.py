@@ -223,3 +223,34 @@ def test_a_flipped_key_in_plan_json_is_refused_on_one_line_then_rebuilt(project,
     assert "distill cache" in line
     assert runner.invoke(app, ["cache", str(trained_config)]).exit_code == 0
     assert plan_file.read_bytes() == original and Cache(project.cache).plan_ids() == cache.plan_ids()
+
+
+def test_caches_of_another_format_are_listed_never_read_and_removed_by_gc(project, trained_config):
+    """A cache root that also holds caches of an older cache format (FORMAT_VERSION): every
+    command keeps working on the current ones, inspect names the old ones, `distill gc` removes
+    them, and reading one directly says what to do instead of misreading its fields."""
+    import shutil
+
+    from distill.storage import FORMAT_VERSION
+    from distill.storage.records import OtherFormat
+
+    cache, m = _teacher(project, "a")
+    old_teacher, old_plan = Path(cache.teacher_dir("0ld0teacher0000a")), Path(cache.plan_dir("0ld0plan"))
+    shutil.copytree(cache.teacher_dir(m.teacher_id), old_teacher)
+    shutil.copytree(cache.plan_dir(m.plan_id), old_plan)
+    _edit_json(old_teacher / "manifest.json", format_version=FORMAT_VERSION - 1,
+               teacher_id="0ld0teacher0000a", plan_id="0ld0plan", columns={"logits": "float"})
+    _edit_json(old_plan / "plan.json", format_version=FORMAT_VERSION - 1, plan_id="0ld0plan")
+    assert "0ld0teacher0000a" not in cache.teacher_ids() and "0ld0plan" not in cache.plan_ids()
+    with pytest.raises(OtherFormat, match=f"cache format {FORMAT_VERSION - 1}.*distill gc"):
+        cache.find_manifest("0ld0teacher0000a")
+    report = inspect_cache(cache)
+    assert {(o["kind"], o["id"]) for o in report["other_formats"]} == {("teacher", "0ld0teacher0000a"),
+                                                                    ("plan", "0ld0plan")}
+    assert "0ld0teacher0000a" not in {t["teacher_id"] for t in report["teachers"]}
+    assert runner.invoke(app, ["cache", str(trained_config)]).exit_code == 0
+    assert runner.invoke(app, ["train", str(trained_config)]).exit_code == 0
+    removed = runner.invoke(app, ["gc", str(trained_config)])
+    assert removed.exit_code == 0 and "cache format" in removed.output, removed.output
+    assert not old_teacher.exists() and not old_plan.exists()
+    assert cache.find_manifest(m.teacher_id).complete and cache.other_formats() == []

@@ -55,8 +55,8 @@ def test_cache_writes_sparse_token_columns_and_train_distils(lm_project):
     assert [s["teacher"] for s in summaries] == ["a", "b", "a", "b"]   # corpus, then eval text
     cache = Cache(lm_project / "cache")
     a, b = (cache.load_manifest(s["teacher_id"]) for s in summaries[:2])
-    assert a.columns["topk_ids"] == "list<fixed_size_list<uint16>[6]>"
-    assert b.columns["draw_counts"] == "list<list<uint8>>"
+    assert a.schema.field("topk_ids").type == pa.list_(pa.list_(pa.uint16(), 6))
+    assert b.schema.field("draw_counts").type == pa.list_(pa.list_(pa.uint8()))
     assert a.settings["vocab_sha256"] == b.settings["vocab_sha256"] and a.settings["vocab_size"] == VOCAB
     shard = pa.ipc.open_stream(pa.memory_map(str(lm_project / "cache" / "teachers" / a.teacher_id
                                                  / "shard-00000.arrow"))).read_all()

@@ -6,6 +6,7 @@ cache without the teacher ever being loaded; plus the refusals."""
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 import yaml
@@ -80,7 +81,7 @@ def test_prompt_teacher_cached_with_its_prompts_and_mapped_into_a_student(projec
     config = load_config(path)
     aligned = open_caches(config.for_task("t1"))
     manifest = aligned.manifests[0]
-    assert manifest.columns["prompt_vector"] == "fixed_size_list<float16>[32]"
+    assert manifest.schema.field("prompt_vector").type == pa.list_(pa.float16(), 32)
     assert manifest.settings["prompt_pool"] == {"size": 4, "length": 2, "top_k": 2, "dim": 32}
     assert "prompt_pool_sha256" in manifest.fingerprint
     with pytest.raises(CacheError):                       # not cached over eval without mapping

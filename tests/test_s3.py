@@ -27,6 +27,7 @@ from distill.pipeline.config import load_config
 from distill.pipeline.labels import build_label_space
 from distill.pipeline.reader import CacheStream
 from distill.pipeline.trainer import train
+from distill.storage import FORMAT_VERSION
 from distill.storage.aligned import AlignedCache
 from distill.storage.cache import Cache
 from distill.storage.records import TeacherManifest
@@ -35,8 +36,9 @@ pytestmark = pytest.mark.slow
 
 
 def _manifest(teacher_id: str) -> TeacherManifest:
-    return TeacherManifest(teacher_id=teacher_id, name=teacher_id, plan_id="p", format_version=1,
-                           code_version="test", fingerprint={}, settings={}, columns={})
+    return TeacherManifest(teacher_id=teacher_id, name=teacher_id, plan_id="p",
+                           format_version=FORMAT_VERSION, code_version="test", fingerprint={},
+                           settings={}, arrow_schema=TeacherManifest.encode_schema(pa.schema([])))
 
 
 def test_a_writer_killed_mid_upload_leaves_nothing_a_reader_opens(s3_cache, s3_server):

@@ -9,8 +9,6 @@ looked up here by sample id, as the causal-LM trainer reads its held-out text.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from distill.pipeline.config import DistillConfig, eval_corpus_config
@@ -24,8 +22,7 @@ COLUMN = "prompt_vector"
 
 def prompt_widths(manifests: list[TeacherManifest]) -> list[tuple[str, int]]:
     """(teacher name, prompt-vector width) of the caches that carry prompt vectors, in order."""
-    return [(m.name, int(re.search(r"\[(\d+)\]", m.columns[COLUMN]).group(1)))
-            for m in manifests if COLUMN in m.columns]
+    return [(m.name, m.schema.field(COLUMN).type.list_size) for m in manifests if COLUMN in m.schema.names]
 
 
 def eval_prompt_vectors(config: DistillConfig, teachers: list[str], texts: list[str]) -> np.ndarray:
