@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -97,3 +98,6 @@ def print_calibration(fits: list[dict], console: Console) -> None:
         table.add_row(f["teacher"], kind,
                       str(f["rows"]), f"{f['scale']:.4f}", f"{f['bias']:.4f}", accuracy, nll, ece)
     console.print(table)
+    for f in fits:
+        if "warning" in f:
+            console.print(f"[yellow]warning:[/] {escape(f['warning'])}", highlight=False, soft_wrap=True)

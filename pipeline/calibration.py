@@ -20,6 +20,12 @@ from distill.storage.aligned import AlignedCache
 from distill.storage.columns import to_matrix
 from distill.storage.summaries import expected_calibration_error
 
+# Above this temperature a teacher's calibrated probabilities are close to uniform: temperature
+# scaling found that its confidence carries little information on the eval set (a teacher that
+# is near chance there, or labels that do not match its classes). Said, not refused: that can
+# be the truth about a poor teacher, and calibrating it is then what keeps it from misleading.
+FLAT_TEMPERATURE = 10.0
+
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> float:
     """The temperature T minimising the NLL of softmax(logits / T) on labelled rows (logits [N, C],
@@ -111,14 +117,24 @@ def _fit_classes(name: str, logits: np.ndarray, gold: np.ndarray, class_map: np.
     x = torch.from_numpy(logits[inside])
     y = torch.tensor([local[int(g)] for g in gold[inside]])
     temperature = fit_temperature(x, y)
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise ConfigError(f"teacher '{name}': temperature scaling did not converge on the "
+                          f"{int(inside.sum())} eval rows of its classes (T = {temperature}); check "
+                          "its cached logits (`distill inspect`) and the eval labels")
     before, after = torch.softmax(x, 1).numpy(), torch.softmax(x / temperature, 1).numpy()
-    return {"teacher": name, "kind": "temperature", "temperature": temperature,
-            "scale": 1.0 / temperature, "bias": 0.0, "rows": int(inside.sum()),
-            "accuracy": float((before.argmax(1) == y.numpy()).mean()),
-            "nll_before": float(F.cross_entropy(x, y)),
-            "nll_after": float(F.cross_entropy(x / temperature, y)),
-            "ece_before": expected_calibration_error(before, y.numpy()),
-            "ece_after": expected_calibration_error(after, y.numpy())}
+    accuracy = float((before.argmax(1) == y.numpy()).mean())
+    fit = {"teacher": name, "kind": "temperature", "temperature": temperature,
+           "scale": 1.0 / temperature, "bias": 0.0, "rows": int(inside.sum()), "accuracy": accuracy,
+           "nll_before": float(F.cross_entropy(x, y)),
+           "nll_after": float(F.cross_entropy(x / temperature, y)),
+           "ece_before": expected_calibration_error(before, y.numpy()),
+           "ece_after": expected_calibration_error(after, y.numpy())}
+    if temperature > FLAT_TEMPERATURE:
+        fit["warning"] = (f"teacher '{name}': the fitted temperature {temperature:.1f} flattens its "
+                          f"predictions to nearly uniform (accuracy {accuracy:.3f} on {fit['rows']} "
+                          "eval rows): it tells little about these labels, so calibrated it adds "
+                          "almost nothing to an ensemble; check the teacher and the eval labels")
+    return fit
 
 
 def _fit_scores(name: str, scores: np.ndarray, gold: np.ndarray) -> dict:

@@ -94,3 +94,19 @@ def test_expected_calibration_error_on_hand_made_rows():
     gold = np.array([0, 1, 0, 1])
     assert expected_calibration_error(probs, gold) == pytest.approx(0.4)
     assert expected_calibration_error(np.array([[1.0, 0.0]]), np.array([0])) == pytest.approx(0.0)
+
+
+def test_a_teacher_near_chance_gets_a_flat_temperature_and_a_warning():
+    """Temperature scaling on logits unrelated to the labels drives T up until the teacher is
+    nearly uniform: that is said in the fit (and printed by `distill calibrate`); a teacher whose
+    logits do carry the labels gets a moderate T and no warning."""
+    from distill.pipeline.calibration import FLAT_TEMPERATURE, _fit_classes
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 3, 400)
+    noise = rng.normal(0, 3, (400, 3))
+    informed = noise + 6 * np.eye(3)[gold]
+    flat = _fit_classes("random", noise, gold, np.arange(3))
+    assert flat["temperature"] > FLAT_TEMPERATURE and "nearly uniform" in flat["warning"]
+    good = _fit_classes("good", informed, gold, np.arange(3))
+    assert good["temperature"] < FLAT_TEMPERATURE and "warning" not in good
