@@ -91,8 +91,8 @@ def teacher_dataset(source: "str | os.PathLike | DistillConfig", teacher: str) -
 
 def inspect(location: str | os.PathLike, teachers: list[str] | None = None) -> dict:
     """The report of `distill inspect --json` for the cache at `location`."""
+    from distill.inspection.report import inspect_cache
     from distill.storage.cache import Cache
-    from distill.storage.inspect import inspect_cache
 
     return inspect_cache(Cache(location), teachers)
 

@@ -11,10 +11,10 @@ import re
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from distill.inspection.plots import loss_curve
+from distill.inspection.report import inspect_cache
 from distill.inspection.sections import sections
 from distill.pipeline.report import markdown, scalar_metrics
 from distill.storage.cache import Cache
-from distill.storage.inspect import inspect_cache
 from distill.storage.records import TeacherManifest
 
 

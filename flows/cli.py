@@ -249,8 +249,8 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
 
     Every shard it reads is checked against its recorded sha256: "complete" means verified."""
     from distill.flows.tables import print_report
+    from distill.inspection.report import inspect_cache
     from distill.storage.cache import Cache
-    from distill.storage.inspect import inspect_cache
     from distill.storage.labelled import read_labels
     from distill.storage.records import CacheError
 

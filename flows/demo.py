@@ -22,12 +22,12 @@ from distill.flows.caching import cache_teachers
 from distill.flows.progress import RichReporter, reporting
 from distill.flows.tables import print_cache_summary
 from distill.flows.training import train_student
+from distill.inspection.report import probabilities
 from distill.pipeline import demo
 from distill.pipeline.config import load_config
 from distill.pipeline.flops import flops_ratio
 from distill.pipeline.trainer import open_caches
 from distill.storage.columns import to_matrix
-from distill.storage.inspect import probabilities
 
 # demo name -> (registered method, its options)
 METHODS = {"mean": ("mean", {}), "median": ("median", {}), "govern": ("govern", {}),

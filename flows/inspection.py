@@ -6,8 +6,8 @@ from __future__ import annotations
 from prefect import flow
 
 from distill.flows.artifacts import publish_report
+from distill.inspection.report import inspect_cache as inspect_report
 from distill.storage.cache import Cache
-from distill.storage.inspect import inspect_cache as inspect_report
 
 
 @flow(name="inspect-cache")

@@ -5,7 +5,7 @@
   eval set: one view); where a name has several caches of one corpus (re-cached with new weights
   or settings), the current one is that of the config given with `--config`, else the newest
   complete one, and each other one is a view of its own, `name@<teacher-id prefix>`
-  (storage/inspect.py, `name_caches`): plan_id, shard, row, sample_id, its cached columns,
+  (inspection/report.py, `name_caches`): plan_id, shard, row, sample_id, its cached columns,
   and for classification caches `pred` (argmax class index), `label` (its name), `confidence`
   (top-1 probability), `margin` and `entropy` (normalised H/log C). Failed rows are null.
 
@@ -22,9 +22,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from distill.inspection.report import class_names, confidence, name_caches, probabilities
 from distill.storage.cache import Cache
 from distill.storage.columns import to_matrix
-from distill.storage.inspect import class_names, confidence, name_caches, probabilities
 from distill.storage.records import ShardEntry, TeacherManifest
 
 LEFT_OUT = ("features",)

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distill.inspection.summaries import expected_calibration_error
 from distill.pipeline.config import ConfigError, ContinualConfig, DistillConfig, TeacherConfig
 from distill.pipeline.labels import build_label_space
 from distill.pipeline.teacher import is_prompt_based
 from distill.storage.aligned import AlignedCache
 from distill.storage.columns import to_matrix
-from distill.storage.summaries import expected_calibration_error
 
 # Above this temperature a teacher's calibrated probabilities are close to uniform: temperature
 # scaling found that its confidence carries little information on the eval set (a teacher that

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 import tiny
 from distill.flows.cli import app
+from distill.inspection.summaries import expected_calibration_error
 from distill.pipeline.calibration import fit_platt, fit_temperature
 from distill.pipeline.config import load_config
-from distill.storage.summaries import expected_calibration_error
 
 runner = CliRunner()
 

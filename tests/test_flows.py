@@ -19,11 +19,11 @@ import tiny
 from distill.flows.artifacts import cache_keys, report_key
 from distill.flows.caching import cache_teacher, cache_teachers
 from distill.flows.inspection import inspect_cache as inspect_cache_flow
+from distill.inspection.report import inspect_cache
 from distill.pipeline.caching import NonFiniteOutput
 from distill.pipeline.config import ConfigError
 from distill.storage.cache import Cache
 from distill.storage.fs import is_local, join
-from distill.storage.inspect import inspect_cache
 
 pytestmark = pytest.mark.usefixtures("prefect")
 

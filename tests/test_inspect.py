@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 import handmade
 from distill.flows.cli import app
 from distill.inspection.plots import PLOTS
+from distill.inspection.report import inspect_cache
 from distill.storage.cache import Cache
-from distill.storage.inspect import inspect_cache
 from distill.storage.labelled import read_labels
 
 runner = CliRunner()
@@ -97,7 +97,7 @@ def test_accuracy_and_reliability_against_a_labelled_file(scenario):
 def test_sampled_lm_cache_entropy_of_the_draws():
     import pyarrow as pa
 
-    from distill.storage.lm_tokens import TokenStats
+    from distill.inspection.tokens import TokenStats
 
     counts = pa.array([[[2, 2], [4]], [[1, 1, 2]]], pa.list_(pa.list_(pa.uint8())))
     stats = TokenStats()

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 import tiny
 from distill.flows.caching import cache_teachers
 from distill.flows.cli import app
+from distill.inspection.report import inspect_cache
 from distill.storage.aligned import AlignedCache
 from distill.storage.cache import Cache
-from distill.storage.inspect import inspect_cache
 from distill.storage.records import CacheError, DamagedShard
 
 runner = CliRunner()

@@ -16,12 +16,13 @@ from itertools import combinations
 import numpy as np
 import pyarrow as pa
 
+from distill.inspection.summaries import Histogram, Reliability
+from distill.inspection.tokens import TokenStats
 from distill.storage.cache import Cache
 from distill.storage.columns import to_matrix
 from distill.storage.fs import join
-from distill.storage.lm_tokens import TokenStats, is_lm_cache
+from distill.storage.lm_tokens import is_lm_cache
 from distill.storage.records import CacheError, DamagedShard, Plan, TeacherManifest
-from distill.storage.summaries import Histogram, Reliability
 
 EXAMPLES = 10
 """How many most-disagreed-on texts the report keeps per group of comparable teachers."""
