@@ -158,16 +158,22 @@ def train(config: Path = typer.Argument(..., help="the YAML config"),
 
     try:
         loaded = _with_output(loaded, output)
+        # Under `accelerate launch` / torchrun every rank runs the loop itself; Prefect would
+        # start one embedded server per rank, so the flow wrapper is skipped.
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         if loaded.tasks:
-            from distill.flows.training import train_continual_student
+            if distributed:
+                from distill.pipeline.continual.trainer import train_continual
 
-            with api_server(), reporting(RichReporter(console)):
-                summary = train_continual_student(loaded, mode=mode)
+                summary = train_continual(loaded, mode=mode, resume=resume)
+            else:
+                from distill.flows.training import train_continual_student
+
+                with api_server(), reporting(RichReporter(console)):
+                    summary = train_continual_student(loaded, mode=mode, resume=resume)
             print_continual_summary(summary, console)
             return
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # Under `accelerate launch` / torchrun every rank runs the loop itself; Prefect
-            # would start one embedded server per rank, so the flow wrapper is skipped.
+        if distributed:
             from distill.pipeline.trainer import train as run_training
 
             summary = run_training(loaded, method=method, resume=resume)

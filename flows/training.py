@@ -9,7 +9,8 @@ from distill.flows.progress import reporter
 from distill.flows.server import exit_with_parent
 from distill.pipeline.config import DistillConfig, load_config
 from distill.pipeline.continual.trainer import train_continual
-from distill.pipeline.trainer import Progress, train
+from distill.pipeline.loop import Progress
+from distill.pipeline.trainer import train
 
 
 def progress_for(method: str) -> Progress:
@@ -34,11 +35,13 @@ def train_student(config: str | DistillConfig, method: str | None = None,
 
 
 @flow(name="train-continual", on_running=[exit_with_parent])
-def train_continual_student(config: str | DistillConfig, mode: str | None = None) -> dict:
-    """Learn the config's tasks in order from their caches; report the task accuracy matrix."""
+def train_continual_student(config: str | DistillConfig, mode: str | None = None,
+                            resume: bool = False) -> dict:
+    """Learn the config's tasks in order from their caches (`resume`: from the latest checkpoint
+    of the same settings); report the task accuracy matrix."""
     config = config if isinstance(config, DistillConfig) else load_config(config)
     name = mode or (config.continual.mode if config.continual else "prompts")
-    report = train_continual(config, mode=mode, progress=progress_for(f"continual {name}"))
+    report = train_continual(config, mode=mode, resume=resume, progress=progress_for(f"continual {name}"))
     get_run_logger().info("continual %s: matrix %s, average accuracy %.4f, forgetting %s", name,
                           report["matrix"], report["average_accuracy"], report["forgetting"])
     return {k: v for k, v in report.items() if k not in ("history", "config")}

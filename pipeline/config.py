@@ -209,8 +209,9 @@ class TrainConfig(Strict):
                                                           "cached text")
     output: str = Field("runs/student", description="the run folder: each method's student, report "
                                                     "and checkpoints go to `OUTPUT/METHOD/` (a "
-                                                    "continual run writes `OUTPUT/student` and "
-                                                    "`OUTPUT/report.json`)")
+                                                    "continual run writes `OUTPUT/student`, "
+                                                    "`OUTPUT/report.json` and "
+                                                    "`OUTPUT/checkpoints/`)")
 
 
 class TaskConfig(Strict):

@@ -1,31 +1,24 @@
 """Train a student from teacher caches: the recipe that ties reader, method and loop together.
 
-The loop runs on accelerate (one process, DDP over processes/GPUs/nodes, mixed precision where
-the device has it). Teachers are never loaded: everything they contribute comes from the cache.
-A checkpoint holds the model, optimizer, scheduler and RNG states (accelerate's `save_state`)
-plus our cursor (epoch, batch, step), so a resumed run ends with the same weights
-(pipeline/checkpoints.py). Each method's run has its own folder, `train.output/METHOD`, so
-trying another method never replaces a student.
+The loop is the shared one of pipeline/loop.py (accelerate, DDP, checkpoints, exact resume).
+Teachers are never loaded: everything they contribute comes from the cache. Each method's run
+has its own folder, `train.output/METHOD`, so trying another method never replaces a student.
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-from transformers import get_linear_schedule_with_warmup
 
-from distill.pipeline import checkpoints
 from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig, eval_corpus_config
 from distill.pipeline.corpus import corpus_plan_id
 from distill.pipeline.evaluate import AGREEMENT_ROWS, eval_set, evaluate
 from distill.pipeline.features import FeatureDistiller, feature_widths
 from distill.pipeline.labels import LabelSpace, build_label_space
+from distill.pipeline.loop import Loop, Progress, linear_warmup, make_accelerator, prepare, start_over
 from distill.pipeline.methods import make_method
 from distill.pipeline.methods.base import MethodOutput, TeacherBatch
 from distill.pipeline.reader import Batch, CacheStream, prefetch
@@ -34,42 +27,6 @@ from distill.pipeline.teacher import fingerprint, identify, resolve_model_dir
 from distill.storage.aligned import AlignedCache
 from distill.storage.cache import Cache
 from distill.storage.records import CacheError
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class Progress:
-    """Callbacks the caller may set: start(total_steps), step(step, metrics)."""
-
-    start: Callable[[int], None] = lambda total: None
-    step: Callable[[int, dict], None] = lambda step, metrics: None
-
-
-@dataclass
-class Cursor:
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-    history: list = field(default_factory=list)
-    seen_rows: int = 0          # this epoch, this rank: rows with weight 1
-    seen_id_sum: int = 0        # their sample ids summed mod 2**64: an audit of "each row once"
-    coverage: list = field(default_factory=list)
-    train_seconds: float = 0.0  # all legs of the run before this one (resumes add up)
-
-    def see(self, batch) -> None:
-        real = batch.sample_ids[batch.weights.numpy() > 0].astype("uint64")
-        self.seen_rows += len(real)
-        self.seen_id_sum = (self.seen_id_sum + int(real.sum(dtype="uint64"))) % 2**64
-
-    def close_epoch(self, accelerator) -> None:
-        from accelerate.utils import gather_object
-
-        ranks = gather_object([(self.seen_rows, self.seen_id_sum)])
-        self.coverage.append({"epoch": self.epoch, "rows": sum(r for r, _ in ranks),
-                              "id_sum": sum(s for _, s in ranks) % 2**64,
-                              "rows_per_rank": [r for r, _ in ranks]})
-        self.seen_rows = self.seen_id_sum = 0
 
 
 def teacher_batch_to(batch: TeacherBatch, device) -> TeacherBatch:
@@ -190,14 +147,6 @@ def source_label_map(config: DistillConfig) -> dict[str, str]:
     return config.teacher(student.from_teacher).label_map or {}
 
 
-def _mixed_precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
 @dataclass
 class Recipe:
     """What a kind of student brings to the shared loop: its batches, model and optimizer
@@ -272,21 +221,17 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
     same settings. Causal-LM teachers get the token-level recipe of `pipeline.lm_trainer`, the
     rest the classifier one.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     train_cfg = config.train or TrainConfig()
     method_name = method or train_cfg.method
-    progress = progress or Progress()
     out = run_folder(config, method_name)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              mixed_precision=_mixed_precision(train_cfg.mixed_precision),
-                              gradient_accumulation_steps=train_cfg.grad_accumulation)
+    accelerator = make_accelerator(train_cfg.mixed_precision, train_cfg.grad_accumulation)
     set_seed(train_cfg.seed)
     aligned = open_caches(config)
     folder = out / "checkpoints"
     if not resume:
-        _start_over(accelerator, folder, method_name)
+        start_over(accelerator, folder, method_name)
     if any(t.kind == "causal-lm" for t in config.teachers):
         from distill.pipeline.lm_trainer import lm_recipe
 
@@ -297,54 +242,20 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
     optimizer = torch.optim.AdamW(recipe.param_groups, weight_decay=train_cfg.weight_decay)
     steps_per_epoch = -(-stream.batches_per_epoch() // train_cfg.grad_accumulation)
     total = steps_per_epoch * train_cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(train_cfg.warmup_ratio * total), total)
-    model, optimizer, scheduler = accelerator.prepare(recipe.model, optimizer, scheduler)
+    model, optimizer, scheduler = prepare(accelerator, recipe.model, optimizer,
+                                          linear_warmup(int(train_cfg.warmup_ratio * total), total))
     recipe.on_prepare(accelerator)
 
     settings = run_settings(config, method_name, aligned, accelerator.num_processes)
-    cursor = Cursor(**checkpoints.load(accelerator, folder, settings)) if resume else Cursor()
-    started = time.perf_counter()
-
-    def save_checkpoint() -> None:
-        elapsed = cursor.train_seconds + time.perf_counter() - started
-        checkpoints.save(accelerator, folder, {**cursor.__dict__, "train_seconds": elapsed},
-                         settings, finished=cursor.epoch >= train_cfg.epochs)
-
-    progress.start(total)
-    model.train()
-    done = False
-    for epoch in range(cursor.epoch, train_cfg.epochs):
-        batches = prefetch(stream.epoch(epoch, cursor.batch if epoch == cursor.epoch else 0))
-        for b, batch in enumerate(batches, start=cursor.batch if epoch == cursor.epoch else 0):
-            with accelerator.accumulate(model):
-                result = recipe.loss(model, batch, accelerator.device)
-                accelerator.backward(result.loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            cursor.epoch, cursor.batch = epoch, b + 1
-            cursor.see(batch)
-            if accelerator.sync_gradients:
-                cursor.step += 1
-                metrics = {"loss": result.loss.item(), **result.metrics, "epoch": epoch,
-                           "lr": scheduler.get_last_lr()[0]}
-                cursor.history.append({"step": cursor.step, **metrics})
-                progress.step(cursor.step, metrics)
-                if train_cfg.checkpoint_every and cursor.step % train_cfg.checkpoint_every == 0:
-                    save_checkpoint()
-                if max_steps is not None and cursor.step >= max_steps:
-                    done = True
-                    break
-        if done:
-            break
-        cursor.close_epoch(accelerator)
-        cursor.epoch, cursor.batch = epoch + 1, 0
-    save_checkpoint()
+    cursor = Loop(accelerator, model, optimizer, scheduler, train_cfg.epochs, total,
+                  batches=lambda epoch, first: prefetch(stream.epoch(epoch, first)), loss=recipe.loss,
+                  folder=folder, settings=settings, checkpoint_every=train_cfg.checkpoint_every,
+                  ).run(resume=resume, max_steps=max_steps, progress=progress)
     finished = cursor.epoch >= train_cfg.epochs
     report = {"method": method_name, "teachers": [m.name for m in aligned.manifests],
               "teacher_ids": [m.teacher_id for m in aligned.manifests], "plan_id": aligned.plan.plan_id,
               **recipe.report, "steps": cursor.step, "finished": finished,
-              "train_seconds": cursor.train_seconds + time.perf_counter() - started,
+              "train_seconds": cursor.train_seconds,
               "processes": accelerator.num_processes, "output": str(out),
               "config": config.model_dump(mode="json", exclude={"source"}),
               "coverage": cursor.coverage, "history": cursor.history}
@@ -360,26 +271,6 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
     # failure; 0 of 6 with it. A no-op in one process.
     accelerator.end_training()
     return report
-
-
-def _start_over(accelerator, folder: Path, method: str) -> None:
-    """A new run (no --resume) replaces a finished run of the same method, with a warning, and
-    removes its checkpoints so the two never mix; an unfinished one is kept: it is refused."""
-    found = checkpoints.complete(folder)
-    if not found:
-        return
-    state = checkpoints.latest_state(folder)
-    if state is None or not state.get("finished"):
-        raise checkpoints.ResumeError(
-            f"{folder.parent} holds an unfinished {method} run (checkpoint {found[-1].name}); "
-            "continue it with --resume, or give this run another --output (delete that folder "
-            "to start over)")
-    log.warning("replacing the finished %s run in %s (a new run was asked for, not --resume)",
-                method, folder.parent)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(folder)
-    accelerator.wait_for_everyone()
 
 
 def _feature_term(train_cfg: TrainConfig, model, source: Path, aligned: AlignedCache) -> FeatureTerm | None:

@@ -86,6 +86,31 @@ def test_finetune_learns_toy_task_and_saves_a_loadable_model(base, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "teacher"]  # no temp folders
 
 
+def test_finetune_stopped_and_resumed_ends_with_the_same_weights(base, tmp_path):
+    """Fine-tuning runs in the students' loop: checkpoints, exact resume, the settings check."""
+    from safetensors.torch import load_file
+
+    from distill.pipeline.checkpoints import ResumeError
+
+    texts, labels = toy_data(40, seed=4)
+    settings = {"seed": 0, "epochs": 2, "batch_size": 8, "lr": 5e-3, "max_length": 16}
+    finetune_classifier(base, texts, labels, ["animal", "thing"], tmp_path / "whole", **settings)
+    out = tmp_path / "teacher"
+    assert finetune_classifier(base, texts, labels, ["animal", "thing"], out, max_steps=7,
+                               checkpoint_every=3, **settings) is None
+    assert not out.exists()
+    with pytest.raises(ResumeError, match="lr: checkpoint 0.005, now 0.001"):
+        finetune_classifier(base, texts, labels, ["animal", "thing"], out, resume=True,
+                            **{**settings, "lr": 1e-3})
+    assert finetune_classifier(base, texts, labels, ["animal", "thing"], out, resume=True,
+                               checkpoint_every=3, **settings) == out
+    whole, again = (load_file(p / "model.safetensors") for p in (tmp_path / "whole", out))
+    assert whole.keys() == again.keys()
+    for name in whole:
+        torch.testing.assert_close(again[name], whole[name], rtol=0, atol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "teacher", "whole"]  # no checkpoints
+
+
 def test_finetune_replaces_an_existing_model(base, tmp_path):
     out = tmp_path / "teacher"
     out.mkdir()

@@ -127,6 +127,8 @@ def test_accelerate_launch_two_cpu_processes_split_every_epoch(project):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((project.root / "run" / "mean" / "report.json").read_text())
     assert report["processes"] == 2
+    # the schedule counts steps, not steps x processes: it decays to 0 at the run's end only
+    assert [h["lr"] > 0 for h in report["history"]] == [True] * 5 + [False]
     rows, id_sum = _plan_audit(project)
     for epoch in report["coverage"]:
         assert epoch["rows"] == rows and epoch["id_sum"] == id_sum
