@@ -46,19 +46,20 @@ def minilm_path() -> Path:
     return path
 
 
-def noisy_labels(labels: list[int], fraction: float, seed: int) -> list[int]:
-    """Shuffle the labels of a seeded random `fraction` of the examples among themselves.
+def send_to_next_class(labels: list[int], fraction: float, seed: int,
+                       num_classes: int) -> list[int]:
+    """Send a seeded random `fraction` of the labels to the next class, c -> (c + 1) mod C.
 
-    Used to make a deliberately poor teacher. The class counts stay the same, so the teacher
-    is wrong in content, not merely biased towards a class.
+    Used to make a deliberately poor teacher that is systematically wrong: every class
+    leaks the same share of its mass into one fixed other class, so the teacher's errors agree
+    with each other (a confusion, as a real biased model makes) instead of spreading evenly
+    over all classes as shuffled labels do; an average of teachers cannot wash it out.
     """
     rng = random.Random(seed)
     picked = rng.sample(range(len(labels)), round(fraction * len(labels)))
-    moved = [labels[i] for i in picked]
-    rng.shuffle(moved)
     out = list(labels)
-    for i, label in zip(picked, moved):
-        out[i] = label
+    for i in picked:
+        out[i] = (labels[i] + 1) % num_classes
     return out
 
 
@@ -121,7 +122,8 @@ def finetune_classifier(base_model: str | Path, texts: list[str], labels: list[i
     """Fine-tune `base_model` as a `len(label_names)`-way classifier and save it to `out_dir`.
 
     `labels[i]` is the index in `label_names` of `texts[i]`. With `label_noise` > 0 that
-    fraction of labels is shuffled first (seeded), to make a poor teacher on purpose.
+    fraction of labels is first sent to the next class (`send_to_next_class`, seeded), to make a
+    systematically wrong teacher on purpose.
     `train_layers=N` trains only the top N encoder layers and the head: the embeddings (half
     of MiniLM's weights) and lower layers stay frozen, which makes each step cheaper on a
     CPU. `head_lr` (default `lr`) lets the new, randomly initialised head learn faster.
@@ -146,7 +148,7 @@ def finetune_classifier(base_model: str | Path, texts: list[str], labels: list[i
     if not 0.0 <= label_noise <= 1.0:
         raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
     if label_noise:
-        labels = noisy_labels(labels, label_noise, seed)
+        labels = send_to_next_class(labels, label_noise, seed, len(label_names))
 
     out_dir = Path(out_dir)
     accelerator = make_accelerator()

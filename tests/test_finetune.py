@@ -6,7 +6,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import random  # noqa: E402
-from collections import Counter  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -20,7 +19,7 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 
-from distill.pipeline.finetune import finetune_classifier, noisy_labels  # noqa: E402
+from distill.pipeline.finetune import finetune_classifier, send_to_next_class  # noqa: E402
 
 ANIMALS = "cat dog bird fish horse cow".split()
 THINGS = "car house stone city bridge lamp".split()
@@ -122,15 +121,16 @@ def test_finetune_replaces_an_existing_model(base, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "teacher"]
 
 
-def test_label_noise_is_seeded_and_keeps_class_counts():
+def test_label_noise_sends_a_seeded_fraction_to_the_next_class():
     labels = [i % 4 for i in range(200)]
-    noisy = noisy_labels(labels, 0.4, seed=7)
-    assert noisy == noisy_labels(labels, 0.4, seed=7)
-    assert noisy != noisy_labels(labels, 0.4, seed=8)
-    assert Counter(noisy) == Counter(labels)
-    changed = sum(a != b for a, b in zip(labels, noisy))
-    assert 0.2 * len(labels) < changed <= 0.4 * len(labels)
-    assert noisy_labels(labels, 0.0, seed=7) == labels
+    noisy = send_to_next_class(labels, 0.4, seed=7, num_classes=4)
+    assert noisy == send_to_next_class(labels, 0.4, seed=7, num_classes=4)
+    assert noisy != send_to_next_class(labels, 0.4, seed=8, num_classes=4)
+    moved = [(a, b) for a, b in zip(labels, noisy) if a != b]
+    assert len(moved) == 80                                  # exactly 40 % of the labels
+    assert all(b == (a + 1) % 4 for a, b in moved)           # each to the next class, 3 -> 0
+    assert {a for a, _ in moved} == {0, 1, 2, 3}
+    assert send_to_next_class(labels, 0.0, seed=7, num_classes=4) == labels
 
 
 def test_demo_teachers_are_reused_only_with_the_same_settings(base, tmp_path, monkeypatch):
