@@ -43,6 +43,8 @@ def ranking_table(ev: dict) -> list[str]:
     skipped = (f"; not ranked: {first['groups_single_candidate']} groups with one candidate, "
                f"{first['groups_without_relevant']} without a relevant one")
     lines = ["", f"## Ranking on the eval set ({first['groups']} query groups{skipped})", "",
+             "Teachers and their ensemble rank by their calibrated scores (`teachers[].calibration`), "
+             "as training reads them.", "",
              "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     lines += [f"| {name} | " + " | ".join("-" if r[k] is None else f"{r[k]:.4f}" for k in keys) + " |"
               for name, r in rows]
