@@ -116,6 +116,23 @@ def test_pair_plan_keeps_both_texts_and_groups_and_counts_empty_passages(tmp_pat
     assert plan_corpus(Cache(config.cache), config.corpus).plan_id != plan.plan_id
 
 
+def test_foreign_readers_see_both_texts_of_a_pair_text_shard(tmp_path):
+    import datasets
+    import polars as pl
+    import pyarrow as pa
+
+    config = load_config(write_example(tmp_path))
+    plan = plan_corpus(Cache(config.cache), config.corpus)
+    path = str(Path(config.cache) / "corpora" / plan.plan_id / "text-00000.arrow")
+    expected = pair_rows(10, 5, seed=1)[0]
+    first = (expected["query"], expected["passage"], expected["query_id"])
+    table = pa.ipc.open_stream(pa.memory_map(path)).read_all()
+    assert tuple(table.slice(0, 1).select(["text", "pair", "group"]).to_pylist()[0].values()) == first
+    row = datasets.Dataset.from_file(path)[0]
+    assert (row["text"], row["pair"], row["group"]) == first
+    assert pl.read_ipc_stream(path).row(0)[2:] == first
+
+
 def test_cross_encoder_and_nli_teachers_score_pairs_as_the_models_do(tmp_path):
     path = write_example(tmp_path, teachers=1)
     raw = yaml.safe_load(path.read_text())
@@ -241,6 +258,26 @@ def test_a_group_loss_needs_groups_and_single_scores(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     assert runner.invoke(app, ["cache", str(path)]).exit_code == 0
     assert "teachers have 3 classes; use loss: pointwise" in one_line_error(["train", str(path)])
+    # the NLI-style pair classifier distils as classes, pointwise, from the same cache
+    raw["train"]["loss"] = "pointwise"
+    path.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["train", str(path), "--method", "mean"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "runs" / "relevance" / "mean" / "report.json").read_text())
+    assert len(report["labels"]) == 3 and report["finished"]
+
+
+def test_a_teacher_that_cannot_read_pairs_is_refused_on_a_pair_corpus(tmp_path):
+    path = write_example(tmp_path, teachers=1)
+    tiny.causal_lm(tmp_path / "lm")
+    raw = yaml.safe_load(path.read_text())
+    raw["teachers"] = [{"name": "lm", "model": "lm", "kind": "causal-lm"}]
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    cache = Cache(config.cache)
+    plan = plan_corpus(cache, config.corpus)
+    with pytest.raises(ConfigError, match=r"teachers\[lm\]: the corpus is a pair corpus"):
+        teacher_cache(cache, plan, config.teachers[0])
 
 
 # ---- the example, end to end ----------------------------------------------------------------
