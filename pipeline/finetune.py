@@ -83,7 +83,8 @@ def finetune_classifier(base_model: str | Path, texts: list[str], labels: list[i
                         batch_size: int = 32, lr: float = 5e-5, max_length: int = 64,
                         label_noise: float = 0.0, train_layers: int | None = None,
                         head_lr: float | None = None,
-                        progress: Callable[[int, int, float], None] | None = None) -> Path:
+                        progress: Callable[[int, int, float], None] | None = None,
+                        pairs: list[str] | None = None) -> Path:
     """Fine-tune `base_model` as a `len(label_names)`-way classifier and save it to `out_dir`.
 
     `labels[i]` is the index in `label_names` of `texts[i]`. With `label_noise` > 0 that
@@ -92,6 +93,10 @@ def finetune_classifier(base_model: str | Path, texts: list[str], labels: list[i
     of MiniLM's weights) and lower layers stay frozen, which makes each step cheaper on a
     CPU. `head_lr` (default `lr`) lets the new, randomly initialised head learn faster.
     `progress(step, total_steps, loss)` is called after every optimiser step.
+
+    `pairs` (each text's second text) fine-tunes a pair model, tokenized like every teacher and
+    student of a pair corpus (pipeline/inputs.py); with one label name it is a cross-encoder:
+    one relevance logit trained with binary cross-entropy on 0/1 labels.
 
     The model and tokenizer are written to a temporary folder beside `out_dir` and renamed
     into place at the end, so a killed run never leaves a half-written `out_dir` that looks
@@ -121,8 +126,11 @@ def finetune_classifier(base_model: str | Path, texts: list[str], labels: list[i
         label2id={name: i for i, name in enumerate(label_names)},
         ignore_mismatched_sizes=True).to(device)
 
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    lengths = [len(ids) for ids in encoded]
+    from distill.pipeline.inputs import encode
+
+    encoded = encode(tokenizer, list(texts), list(pairs) if pairs else None, max_length)
+    lengths = encoded.lengths.tolist()
+    score = len(label_names) == 1
     total_steps = epochs * -(-len(texts) // batch_size)
     if train_layers is not None:
         freeze_lower(model, train_layers)
@@ -138,10 +146,13 @@ def finetune_classifier(base_model: str | Path, texts: list[str], labels: list[i
     step = 0
     for _ in range(epochs):
         for batch in length_batches(lengths, batch_size, rng):
-            inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]},
-                                   return_tensors="pt").to(device)
+            inputs = tokenizer.pad(encoded.rows(batch), return_tensors="pt").to(device)
             target = torch.tensor([labels[i] for i in batch], device=device)
-            loss = model(**inputs, labels=target).loss
+            if score:
+                logits = model(**inputs).logits[:, 0]
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target.float())
+            else:
+                loss = model(**inputs, labels=target).loss
             loss.backward()
             optimizer.step()
             schedule.step()
