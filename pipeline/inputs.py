@@ -61,7 +61,11 @@ def encode(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int
 
 def encode_padded(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
                   truncation: str = "only_second", return_tensors: str = "pt"):
-    """One padded batch (the student's training and evaluation inputs)."""
+    """One padded batch (the student's training and evaluation inputs); single texts take the
+    tokenizer's own padded call, as they always did."""
+    if pairs is None:
+        return tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                         return_tensors=return_tensors)
     encoded = encode(tokenizer, texts, pairs, max_length, truncation)
     return tokenizer.pad(encoded.features, return_tensors=return_tensors)
 
