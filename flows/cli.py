@@ -244,6 +244,12 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
                                                  "file: per-teacher accuracy and reliability"),
             label_column: str = typer.Option("label", help="the gold label column of --labels"),
             text_column: str = typer.Option("text", help="the text column of --labels"),
+            pair_column: Optional[str] = typer.Option(None, help="pair corpora: the second text "
+                                                      "column of --labels"),
+            group_column: Optional[str] = typer.Option(None, help="with --pair-column: the query "
+                                                       "group column of --labels; single-score "
+                                                       "teachers are then scored as rankers "
+                                                       "(MRR@10, NDCG@10, Recall@k)"),
             examples: int = typer.Option(10, help="most disagreed-on texts to show"),
             sql: Optional[str] = typer.Option(None, help="run this SQL (DuckDB) over the cache "
                                               "instead; views: texts and one per teacher"),
@@ -257,7 +263,7 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
     from distill.flows.tables import print_report
     from distill.inspection.report import inspect_cache
     from distill.storage.cache import Cache
-    from distill.storage.labelled import read_labels
+    from distill.storage.labelled import read_labelled
     from distill.storage.records import CacheError
 
     _check_writable(plots, "--plots")
@@ -270,8 +276,10 @@ def inspect(cache: str = typer.Argument(..., help="cache location: a path or fss
         if sql is not None:
             _print_sql(location, sql, teacher, used, as_json)
             return
-        gold = read_labels(labels, label_column, text_column) if labels else None
-        report = inspect_cache(location, teacher, labels=gold, examples=examples, used=used)
+        gold, groups = (read_labelled(labels, label_column, text_column, pair_column, group_column)
+                        if labels else (None, None))
+        report = inspect_cache(location, teacher, labels=gold, examples=examples, used=used,
+                               groups=groups)
     except CacheError as e:
         _fail(str(e))
     except PermissionError as e:

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from distill.inspection.sections import fmt, sections
-from distill.pipeline.report import not_scored, scalar_metrics, side_by_side
+from distill.pipeline.report import not_scored, ranking_rows, scalar_metrics, side_by_side
 
 
 def print_report(report: dict, console: Console) -> None:
@@ -67,6 +67,14 @@ def print_train_summary(summary: dict, console: Console) -> None:
                       caption=not_scored(ev).removeprefix("; ") or None)
         for name, scores in compared:
             table.add_row(Text(name), fmt(scores["accuracy"]), fmt(scores.get("macro_f1")))
+        console.print(table)
+    ranking = summary.get("eval", {}).get("ranking")
+    if ranking:
+        keys = [k for k in ranking["student"] if "@" in k]
+        table = Table("model", *keys, title=f"ranking on the eval set "
+                                            f"({ranking['student']['groups']} query groups)")
+        for name, scores in ranking_rows(ranking):
+            table.add_row(Text(name), *(fmt(scores[k]) for k in keys))
         console.print(table)
 
 

@@ -16,6 +16,7 @@ from itertools import combinations
 import numpy as np
 import pyarrow as pa
 
+from distill.inspection.ranking import ranking_metrics
 from distill.inspection.summaries import Histogram, Reliability
 from distill.inspection.tokens import TokenStats
 from distill.storage.cache import Cache
@@ -134,19 +135,21 @@ def _id_width(ids: list[str], shortest: int = 8) -> int:
 
 def inspect_cache(cache: Cache, teachers: list[str] | None = None,
                   labels: dict[int, object] | None = None, examples: int = EXAMPLES,
-                  used: set[str] | None = None) -> dict:
+                  used: set[str] | None = None, groups: dict[int, str] | None = None) -> dict:
     """A JSON-ready report: plans; per teacher cache (`name_caches`, with `used` the teacher
     ids of the config the caller names) coverage, confidence histograms, predicted
     labels, MC-dropout and per-token (causal LM) statistics, accuracy and calibration when
     `labels` ({sample_id: label}) are given; pairwise argmax agreement and the texts the
-    teachers of one plan and label set disagree on most.
+    teachers of one plan and label set disagree on most. With `groups` ({sample_id: query
+    group}) single-score teachers are also scored as rankers (inspection/ranking.py), each on its
+    own and, per plan, their ensemble (the mean of their raw, uncalibrated scores).
 
     Every shard is read, and so verified against its recorded sha256 (`Cache.read_shard`):
     a teacher is `complete` only when all of its shards are there and matched."""
     named = name_caches(cache, teachers, used)
     plans = {pid: cache.load_plan(pid)
              for pid in sorted({n.m.plan_id for n in named} | set(cache.plan_ids()))}
-    stats = [_TeacherStats(cache, n, plans[n.m.plan_id], labels) for n in named]
+    stats = [_TeacherStats(cache, n, plans[n.m.plan_id], labels, groups) for n in named]
     comparisons = []
     for plan in plans.values():
         comparison = _PlanComparison(cache, plan, [s for s in stats if s.m.plan_id == plan.plan_id],
@@ -162,6 +165,7 @@ def inspect_cache(cache: Cache, teachers: list[str] | None = None,
                          "skipped_non_string": p.skipped.non_string} for p in plans.values()],
               "teachers": [s.to_json() for s in stats],
               "agreement": [a for c in comparisons for a in c.agreement_json()],
+              "ranking": [r for c in comparisons if (r := c.ranking_json(groups)) is not None],
               "disagreements": [d for c in comparisons for d in c.disagreements_json()],
               "other_formats": [{"kind": o.kind, "id": o.id, "format_version": o.version}
                                 for o in cache.other_formats()]}
@@ -174,8 +178,10 @@ class _TeacherStats:
     """Everything the report says about one teacher cache, added up shard by shard."""
 
     def __init__(self, cache: Cache, named: NamedCache, plan: Plan,
-                 labels: dict[int, object] | None):
+                 labels: dict[int, object] | None, groups: dict[int, str] | None = None):
         self.cache, self.named, self.m, self.title = cache, named, named.m, named.title
+        self.groups = groups
+        self.ranked: dict[int, float] = {}     # with groups: sample id -> score of labelled rows
         self.plan, self.labels = plan, labels
         m = self.m
         self.entries = cache.published_shards(m.teacher_id)
@@ -221,6 +227,10 @@ class _TeacherStats:
         self.predicted.update(pred.tolist())
         if self.reliability is not None:
             self._score_labels(table.column("sample_id").to_numpy()[ok], p, pred)
+        if self.groups is not None and self.scores:
+            ids = table.column("sample_id").to_numpy()[ok]
+            hits = np.flatnonzero(np.isin(ids, self.label_ids))
+            self.ranked.update(zip(ids[hits].tolist(), logits[ok][hits, 0].tolist()))
         full = np.full((len(logits), p.shape[1]), np.nan)
         full[ok] = p
         return full
@@ -274,7 +284,28 @@ class _TeacherStats:
             stats["mean_mc_mutual_info"] = h["mc_mutual_info"].mean
         if self.reliability is not None:
             stats["accuracy"] = {**self.reliability.to_json(), "unknown_labels": self.unknown_labels}
+        if self.ranked:
+            stats["ranking"] = rank_scores(self.ranked, self.labels, self.groups)
         return stats
+
+
+def rank_scores(scores: dict[int, float], labels: dict[int, object], groups: dict[int, str]) -> dict:
+    """Ranking metrics of {sample_id: score} against the labelled relevance of those rows
+    (rows without a group or a numeric label are left out, counted in `unranked_rows`)."""
+    ids, values, gold, keys, left_out = [], [], [], [], 0
+    for sid, score in scores.items():
+        try:
+            relevance = float(labels[sid])
+        except (TypeError, ValueError):
+            relevance = None
+        if relevance is None or sid not in groups:
+            left_out += 1
+            continue
+        ids.append(sid)
+        values.append(score)
+        gold.append(relevance)
+        keys.append(groups[sid])
+    return {**ranking_metrics(values, gold, keys), "unranked_rows": left_out}
 
 
 class _PlanComparison:
@@ -316,10 +347,11 @@ class _PlanComparison:
             return
         text = self.cache.read_text_shard(self.plan, index)
         texts, corpus_rows, ids = (text.column(c).to_pylist() for c in ("text", "row", "sample_id"))
+        pairs = text.column("pair").to_pylist() if self.plan.pairs else None
         for i in top:
             r = int(rows[i])
             example = {"disagreement": float(score[i]), "text": texts[r], "row": corpus_rows[r],
-                       "sample_id": ids[r],
+                       "sample_id": ids[r], **({"pair": pairs[r]} if pairs else {}),
                        "predictions": {s.title: {"label": s.class_names[int(p[i].argmax())],
                                                  "probability": float(p[i].max())}
                                        for s, p in zip(teachers, probs)}}
@@ -327,6 +359,17 @@ class _PlanComparison:
                 example["label"] = self.labels[ids[r]]
             group["examples"].append(example)
         group["examples"] = sorted(group["examples"], key=lambda e: -e["disagreement"])[:self.examples]
+
+    def ranking_json(self, groups: dict[int, str] | None) -> dict | None:
+        """The ensemble of this plan's single-score teachers as a ranker: the mean of their raw
+        scores over the labelled rows all of them scored (None without groups or scores)."""
+        scorers = [s for s in self.teachers if s.ranked]
+        if groups is None or not scorers:
+            return None
+        shared = set.intersection(*(set(s.ranked) for s in scorers))
+        mean = {sid: float(np.mean([s.ranked[sid] for s in scorers])) for sid in shared}
+        return {"plan_id": self.plan.plan_id, "teachers": [s.title for s in scorers],
+                "ensemble": rank_scores(mean, self.labels, groups)}
 
     def agreement_json(self) -> list[dict]:
         out = []

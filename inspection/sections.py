@@ -55,6 +55,10 @@ def sections(report: dict, text_width: int | None = None) -> list[Section]:
                 [[t["title"], f"{t['accuracy']['rows']:,}", fmt(t["accuracy"]["accuracy"]),
                   fmt(t["accuracy"]["ece"]), str(t["accuracy"]["unknown_labels"])]
                  for t in classifiers if "accuracy" in t]),
+        Section("ranking on the labelled groups", ["model", "groups", "MRR@10", "NDCG@10",
+                                                   "Recall@1", "Recall@5", "Recall@10",
+                                                   "not ranked (one candidate / no relevant)"],
+                [_ranking_row(name, r) for name, r in ranking_rows(report)]),
         Section("causal-LM tokens", ["teacher", "sequences", "tokens", "tokens/sequence",
                                      "mean tail mass", "mean entropy (nats, tail as one token)"],
                 [[t["title"], f"{k['sequences']:,}", f"{k['tokens']:,}",
@@ -69,10 +73,29 @@ def sections(report: dict, text_width: int | None = None) -> list[Section]:
         out.append(Section(
             f"most disagreed-on texts ({', '.join(names)}; mean disagreement {fmt(group['mean'])})",
             ["disagreement", "text", *names, "label"],
-            [[fmt(e["disagreement"]), _short(e["text"], text_width),
+            [[fmt(e["disagreement"]), _short(_pair_text(e), text_width),
               *(_prediction(e["predictions"].get(n)) for n in names), str(e.get("label", "-"))]
              for e in group["examples"]]))
     return [s for s in out if s.rows]
+
+
+def ranking_rows(report: dict) -> list[tuple[str, dict]]:
+    """(model, ranking metrics): each single-score teacher, then per plan their ensemble."""
+    rows = [(t["title"], t["ranking"]) for t in report["teachers"] if "ranking" in t]
+    rows += [(f"ensemble ({', '.join(r['teachers'])}; mean raw score)", r["ensemble"])
+             for r in report.get("ranking", []) if len(r["teachers"]) > 1]
+    return rows
+
+
+def _ranking_row(name: str, r: dict) -> list[str]:
+    return [name, str(r["groups"]), *(fmt(r[k]) for k in ("mrr@10", "ndcg@10", "recall@1",
+                                                          "recall@5", "recall@10")),
+            f"{r['groups_single_candidate']} / {r['groups_without_relevant']}"]
+
+
+def _pair_text(example: dict) -> str:
+    """An example's text; a pair's two texts with a separator between them."""
+    return example["text"] + (f" ‖ {example['pair']}" if "pair" in example else "")
 
 
 def agreement_matrices(report: dict) -> list[tuple[str, list[str], list[list[float | None]]]]:

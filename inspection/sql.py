@@ -1,6 +1,7 @@
 """SQL over a cache with DuckDB: the corpus text and every teacher are views.
 
-- `texts`: plan_id, shard, row, sample_id, text (every plan's text shards).
+- `texts`: plan_id, shard, row, sample_id, text, pair, group (every plan's text shards; `pair`
+  and `group` are the second text and query group of a pair corpus, null for single texts).
 - one view per teacher, named after it, over its current cache of every corpus (a pool and an
   eval set: one view); where a name has several caches of one corpus (re-cached with new weights
   or settings), the current one is that of the config given with `--config`, else the newest
@@ -56,7 +57,8 @@ def connect(cache: Cache, teachers: list[str] | None = None,
                                    for i in range(len(plan.shards))],
                                   pa.schema([("plan_id", pa.string()), ("shard", pa.int32()),
                                              ("row", pa.int64()), ("sample_id", pa.int64()),
-                                             ("text", pa.string())])))
+                                             ("text", pa.string()), ("pair", pa.string()),
+                                             ("group", pa.string())])))
     views: dict[str, list[TeacherManifest]] = {}
     for named in name_caches(cache, teachers, used):
         views.setdefault(named.view, []).append(named.m)
@@ -82,8 +84,11 @@ def _concat(tables: list[pa.Table], schema: pa.Schema | None) -> pa.Table:
 
 def _text_table(cache: Cache, plan, index: int) -> pa.Table:
     text = cache.read_text_shard(plan, index)
-    return _keys(plan.plan_id, index, text.column("row"), text.column("sample_id")).append_column(
-        "text", text.column("text"))
+    table = _keys(plan.plan_id, index, text.column("row"), text.column("sample_id"))
+    for name in ("text", "pair", "group"):
+        table = table.append_column(name, text.column(name) if name in text.column_names
+                                    else pa.nulls(len(text), pa.string()))
+    return table
 
 
 def _keys(plan_id: str, index: int, rows, ids) -> pa.Table:

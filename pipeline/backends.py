@@ -46,12 +46,15 @@ class TeacherRunner(Protocol):
 
     def run(self, texts: list[str], seed: int = 0,
             on_rows: Callable[[int], None] | None = None) -> ShardResult: ...
+    # A backend that reads pairs (`Backend.pairs`) also takes `pairs: list[str]`, each text's
+    # second text, and tokenizes with pipeline/inputs.py like every other runner and the student.
 
 
 @dataclass(frozen=True)
 class Backend:
     runner: str                                # "module:Class" of a TeacherRunner
     options: frozenset[str] = frozenset()     # the OPTIONS it computes
+    pairs: bool = False                        # whether `run` takes pairs (pair corpora)
 
     def runner_class(self) -> type[TeacherRunner]:
         module, name = self.runner.split(":")
@@ -60,7 +63,7 @@ class Backend:
 
 BACKENDS: dict[tuple[str, str], Backend] = {
     ("classification", "torch"): Backend("distill.pipeline.runner:ClassificationRunner",
-                                         frozenset({"mc_dropout", "features"})),
+                                         frozenset({"mc_dropout", "features"}), pairs=True),
     ("prompt", "torch"): Backend("distill.pipeline.prompt_teacher:PromptTeacherRunner",
                                  frozenset({"mc_dropout"})),
     ("causal-lm", "torch"): Backend("distill.pipeline.lm_runner:CausalLMRunner"),

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from distill.pipeline.backends import TeacherRunner, backend_for
-from distill.pipeline.config import TeacherConfig
+from distill.pipeline.config import ConfigError, TeacherConfig
 from distill.pipeline.runner import ShardOutput
 from distill.pipeline.teacher import TeacherIdentity, identify, teacher_kind
 from distill.storage import FORMAT_VERSION, code_version
@@ -76,6 +76,11 @@ class TeacherCache(ABC):
     def __init__(self, cache: Cache, plan: Plan, config: TeacherConfig, where: str = "config"):
         self.cache, self.plan, self.config = cache, plan, config
         self.backend = backend_for(config, self.kind, where)
+        if plan.pairs and not self.backend.pairs:
+            raise ConfigError(f"{where}: teachers[{config.name}]: the corpus is a pair corpus "
+                              f"(corpus.pair_column {plan.pair_column}), which {self.kind} teachers "
+                              f"on backend '{config.backend}' cannot read; use a classification "
+                              "teacher, or a corpus without pair_column")
         self.identity = identify(config, plan.plan_id, f"{where}: teachers[{config.name}].model")
         self.teacher_id = self.identity.teacher_id
         self._home_pid = os.getpid()
@@ -183,7 +188,8 @@ class TeacherCache(ABC):
         """Run the teacher over plan shard `index` and publish the result."""
         text = self.cache.read_text_shard(self.plan, index)
         texts = text.column("text").to_pylist()
-        output = self.runner.run(texts, seed=self._seed(index), on_rows=on_rows)
+        pairs = {"pairs": text.column("pair").to_pylist()} if self.plan.pairs else {}
+        output = self.runner.run(texts, seed=self._seed(index), on_rows=on_rows, **pairs)
         valid = output.finite_rows()
         if not valid.all() and self.config.on_nonfinite == "error":
             bad = np.flatnonzero(~valid)

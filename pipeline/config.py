@@ -28,10 +28,25 @@ class CorpusConfig(Strict):
     path: str = Field(description="a `.jsonl`/`.json`/`.csv`/`.tsv`/`.parquet`/`.txt`/`.arrow` "
                                   "file, a folder of one kind of them, or a folder written by "
                                   "`datasets`' `save_to_disk`; relative to the config file")
-    text_column: str = Field("text", description="the column holding the input text")
+    text_column: str = Field("text", description="the column holding the input text (for pairs: "
+                                                 "the first text, e.g. the query)")
+    pair_column: str | None = Field(None, description="pair corpora: the column of each row's "
+                                                      "second text (e.g. the passage); teachers "
+                                                      "and student then read (text, pair) as one "
+                                                      "input (see [relevance.md](relevance.md))")
+    group_column: str | None = Field(None, description="with `pair_column`: the column naming each "
+                                                       "row's query group (e.g. a query id), for "
+                                                       "ranking losses and group-aware batching")
     rows_per_shard: int = Field(4096, ge=1, description="rows per shard; fixed by the plan, "
                                                         "shared by every teacher")
     split: str = Field("train", description="split of a saved `DatasetDict`")
+
+    @model_validator(mode="after")
+    def _group_needs_pairs(self) -> "CorpusConfig":
+        if self.group_column and not self.pair_column:
+            raise ValueError("group_column ranks the candidates of a query: set pair_column too "
+                             "(the passage column)")
+        return self
 
 
 class MCDropoutConfig(Strict):
@@ -72,6 +87,12 @@ class LMTargetsConfig(Strict):
     seed: int = Field(0, description="sampled: seed of each text's own generator")
 
 
+Truncation = Literal["only_second", "longest_first", "only_first"]
+TRUNCATION_HELP = ("pair corpora: which text is cut when a pair is longer than `max_length`: "
+                   "`only_second` (the passage; a query too long on its own is cut "
+                   "`longest_first`, and flagged truncated), `longest_first`, `only_first`")
+
+
 class TeacherConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                       description="unique name (letters, digits, `_ . -`)")
@@ -88,6 +109,7 @@ class TeacherConfig(Strict):
                                       "(see [causal-lm.md](causal-lm.md))")
     max_length: int = Field(128, ge=2, description="longer texts are truncated, counted per shard "
                                                    "and flagged per row (`truncated`)")
+    truncation: Truncation = Field("only_second", description=TRUNCATION_HELP)
     batch_size: int = Field(64, ge=1, description="rows per forward pass (batches are grouped by "
                                                   "length)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
@@ -158,6 +180,7 @@ class StudentConfig(Strict):
                                                        "the union of the teachers' classes")
     num_labels: int | None = Field(None, ge=1, description="optional check against the label space")
     max_length: int = Field(128, ge=2, description="student input length")
+    truncation: Truncation = Field("only_second", description=TRUNCATION_HELP)
 
 
 class FeatureLossConfig(Strict):
@@ -183,6 +206,12 @@ class TrainConfig(Strict):
     features: FeatureLossConfig | None = Field(
         None, description="add the consensus-weighted feature loss (needs `features` cached for at "
                           "least one teacher; see [methods.md](methods.md))")
+    loss: Literal["pointwise", "listwise", "margin_mse"] = Field(
+        "pointwise", description="single-score teachers: `pointwise` (MSE per candidate), "
+                                 "`listwise` (T²·KL over the softmax of a query group's candidate "
+                                 "scores) or `margin_mse` (MSE of score differences over a group's "
+                                 "candidate pairs); the last two need `corpus.group_column` (see "
+                                 "[relevance.md](relevance.md))")
     temperature: float = Field(2.0, gt=0, description="KD temperature (KL is scaled by T²)")
     epochs: int = Field(3, ge=1, description="passes over the cached rows")
     batch_size: int = Field(32, ge=1, description="rows per step (per process)")
@@ -253,8 +282,15 @@ class EvalConfig(Strict):
 
     path: str = Field(description="the file (any corpus format), relative to the config")
     text_column: str = Field("text", description="the column holding the input text")
+    pair_column: str | None = Field(None, description="the second text of a pair corpus (as "
+                                                      "`corpus.pair_column`)")
+    group_column: str | None = Field(None, description="with `pair_column` and single-score "
+                                                       "teachers: the query group; the report then "
+                                                       "ranks each group's candidates (MRR@10, "
+                                                       "NDCG@10, Recall@k)")
     label_column: str = Field("label", description="the column holding the label (class name or "
-                                                   "index)")
+                                                   "index; for ranking, binary or graded "
+                                                   "relevance: 0, 1, 2, ...)")
 
 
 class ScheduleConfig(Strict):
@@ -429,8 +465,10 @@ def eval_corpus_config(config: DistillConfig) -> DistillConfig:
     # A continual config has no top-level corpus (each task has its own, and `for_task` sets it):
     # start from defaults, so every task's caching run and the trainer find one eval plan.
     base = None if config.tasks else config.corpus
-    corpus = (base or CorpusConfig(path=config.eval.path)).model_copy(
-        update={"path": config.eval.path, "text_column": config.eval.text_column})
+    ev = config.eval
+    corpus = (base or CorpusConfig(path=ev.path)).model_copy(
+        update={"path": ev.path, "text_column": ev.text_column, "pair_column": ev.pair_column,
+                "group_column": ev.group_column})
     teachers = [t.model_copy(update={"mc_dropout": None, "features": None, "calibration": None})
                 for t in config.teachers]
     return config.model_copy(update={"corpus": corpus, "teachers": teachers, "eval": None})

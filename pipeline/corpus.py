@@ -11,7 +11,7 @@ from typing import Iterator
 
 from distill.pipeline.config import ConfigError, CorpusConfig
 from distill.storage.cache import Cache
-from distill.storage.plan import build_plan, plan_id_of
+from distill.storage.plan import Pair, build_plan, plan_id_of
 from distill.storage.records import Plan
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet",
@@ -19,16 +19,29 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".p
 
 
 def load_rows(corpus: CorpusConfig) -> Iterator[tuple[int, object]]:
-    """Yield (row number, value of the text column) for every row, in corpus order."""
+    """Yield (row number, value of the text column) for every row, in corpus order; for a pair
+    corpus the value is a `Pair` (text, pair, group). A row without a group is refused: it
+    cannot be ranked with any other, and guessing one would mix queries."""
     dataset = open_dataset(corpus.path, corpus.split)
+    wanted = [(corpus.text_column, "text_column"), (corpus.pair_column, "pair_column"),
+              (corpus.group_column, "group_column")]
     first = True
     for row, example in enumerate(dataset):
-        if first and corpus.text_column not in example:
-            raise ConfigError(
-                f"{corpus.path}: no column '{corpus.text_column}' (columns: "
-                f"{', '.join(example)}). Set corpus.text_column in the config to one of them.")
+        for column, key in wanted if first else ():
+            if column is not None and column not in example:
+                raise ConfigError(
+                    f"{corpus.path}: no column '{column}' (columns: {', '.join(example)}). Set "
+                    f"corpus.{key} in the config to one of them.")
         first = False
-        yield row, example.get(corpus.text_column)
+        if corpus.pair_column is None:
+            yield row, example.get(corpus.text_column)
+            continue
+        group = example.get(corpus.group_column) if corpus.group_column else None
+        if corpus.group_column and (group is None or not str(group).strip()):
+            raise ConfigError(f"{corpus.path} row {row}: no value in the group column "
+                              f"'{corpus.group_column}'; give every pair its query group")
+        yield row, Pair(example.get(corpus.text_column), example.get(corpus.pair_column),
+                        "" if group is None else str(group))
 
 
 def open_dataset(source: str, split: str = "train"):
@@ -74,7 +87,8 @@ def data_files(path: Path) -> list[Path]:
 def plan_corpus(cache: Cache, corpus: CorpusConfig, progress=None) -> Plan:
     """Build (or find) the plan for this corpus and sharding in the cache."""
     return build_plan(cache, load_rows(corpus), source=corpus.path, text_column=corpus.text_column,
-                      rows_per_shard=corpus.rows_per_shard, progress=progress)
+                      rows_per_shard=corpus.rows_per_shard, progress=progress,
+                      pair_column=corpus.pair_column, group_column=corpus.group_column)
 
 
 def corpus_plan_id(corpus: CorpusConfig) -> str:

@@ -1,6 +1,7 @@
 """Evaluate a student: on the labelled `eval` set, its accuracy and macro-F1 next to each
-teacher's and the teachers' ensemble's (from their caches of that set: no teacher is loaded);
-and agreement with the ensemble on cached training rows (no labels needed)."""
+teacher's and the teachers' ensemble's (from their caches of that set: no teacher is loaded),
+and with `eval.group_column` the ranking metrics of each (inspection/ranking.py); and agreement
+with the ensemble on cached training rows (no labels needed)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from distill.inspection.ranking import CUTOFF, ranking_metrics
 from distill.pipeline.config import ConfigError, DistillConfig
 from distill.pipeline.corpus import open_dataset
+from distill.pipeline.inputs import encode_padded
 from distill.pipeline.labels import LabelSpace
 from distill.pipeline.methods.base import TeacherBatch
 from distill.pipeline.reader import CacheStream
 from distill.storage.aligned import AlignedCache
 from distill.storage.ids import sample_ids
-from distill.storage.plan import skip_reason
+from distill.storage.plan import Pair, skip_reason
 from distill.storage.records import CacheError
 
 AGREEMENT_ROWS = 2048
@@ -25,16 +28,20 @@ AGREEMENT_ROWS = 2048
 
 @torch.inference_mode()
 def predict(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
-            per_row: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """Student logits [N, C] for `texts`, batches grouped by length; `per_row` are further model
-    inputs given row by row (a continual student's teacher prompt vectors)."""
+            per_row: dict[str, np.ndarray] | None = None, pairs: list[str] | None = None,
+            truncation: str = "only_second") -> np.ndarray:
+    """Student logits [N, C] for `texts` (with `pairs`: for the pairs), batches grouped by
+    length; `per_row` are further model inputs given row by row (a continual student's teacher
+    prompt vectors)."""
     device = next(model.parameters()).device
-    order = np.argsort([len(t) for t in texts], kind="stable")
+    order = np.argsort([len(t) + (len(pairs[i]) if pairs else 0) for i, t in enumerate(texts)],
+                       kind="stable")
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     for start in range(0, len(texts), batch_size):
         rows = order[start:start + batch_size]
-        inputs = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
-                           max_length=max_length, return_tensors="pt").to(device)
+        inputs = encode_padded(tokenizer, [texts[i] for i in rows],
+                               [pairs[i] for i in rows] if pairs else None, max_length,
+                               truncation).to(device)
         extra = {k: torch.from_numpy(v[rows]).to(device) for k, v in (per_row or {}).items()}
         out[rows] = model(**inputs, **extra).logits.float().cpu().numpy()
     return out
@@ -52,13 +59,17 @@ def macro_f1(gold: np.ndarray, pred: np.ndarray, classes: int) -> float:
 
 def labelled_rows(config: DistillConfig, labels: LabelSpace) -> Iterator[tuple[int, object, object, object]]:
     """(row, text, label, gold) for each row of the `eval` file; gold is the student class index
-    (or the score), None when the label is not one of the student's classes."""
+    (or the score), None when the label is not one of the student's classes. For a pair eval
+    file, text is a `Pair` (text, pair, group)."""
     ev = config.eval
     index = {name: i for i, name in enumerate(labels.labels)}
+    columns = [(ev.text_column, "text_column"), (ev.label_column, "label_column"),
+               (ev.pair_column, "pair_column"), (ev.group_column, "group_column")]
     for row, example in enumerate(open_dataset(ev.path)):
-        if ev.text_column not in example or ev.label_column not in example:
-            raise ConfigError(f"{ev.path}: needs columns '{ev.text_column}' and "
-                              f"'{ev.label_column}' (set eval.text_column / eval.label_column)")
+        for column, key in columns:
+            if column is not None and column not in example:
+                raise ConfigError(f"{ev.path}: no column '{column}' (columns: "
+                                  f"{', '.join(example)}); set eval.{key}")
         label = example[ev.label_column]
         if labels.scores:
             gold = float(label)
@@ -68,7 +79,14 @@ def labelled_rows(config: DistillConfig, labels: LabelSpace) -> Iterator[tuple[i
             gold = label
         else:
             gold = None
-        yield row, example[ev.text_column], label, gold
+        text = example[ev.text_column]
+        if ev.pair_column:
+            group = example.get(ev.group_column) if ev.group_column else None
+            if ev.group_column and (group is None or not str(group).strip()):
+                raise ConfigError(f"{ev.path} row {row}: no value in the group column "
+                                  f"'{ev.group_column}'; give every pair its query group")
+            text = Pair(text, example[ev.pair_column], "" if group is None else str(group))
+        yield row, text, label, gold
 
 
 def read_labelled(config: DistillConfig, labels: LabelSpace) -> tuple[list[str], np.ndarray]:
@@ -95,6 +113,8 @@ class EvalSet:
     names: list[str]                      # the teachers, in the order of `teachers`
     outside: dict[str, int]               # label -> rows whose label is not a student class
     without_text: int                     # rows the plan skips (empty or not a string)
+    pairs: list[str] | None = None        # pair eval files: each text's second text
+    groups: list[str] | None = None       # with eval.group_column: each row's query group
 
 
 def eval_set(config: DistillConfig, labels: LabelSpace, aligned: AlignedCache,
@@ -102,22 +122,25 @@ def eval_set(config: DistillConfig, labels: LabelSpace, aligned: AlignedCache,
     """Read the eval file and look its rows up in the teachers' caches of it (`aligned`, built
     on `eval_corpus_config`) by sample id. A usable row missing from the caches means the file
     changed after caching: refused, since its teachers' numbers would be another file's."""
-    texts, gold, outside, without_text = [], [], {}, 0
+    rows, gold, outside, without_text = [], [], {}, 0
     for _, text, label, value in labelled_rows(config, labels):
         if skip_reason(text) is not None:
             without_text += 1
         elif value is None:
             outside[str(label)] = outside.get(str(label), 0) + 1
         else:
-            texts.append(text)
+            rows.append(text)
             gold.append(value)
+    pairs = [r.pair for r in rows] if config.eval.pair_column else None
+    groups = [r.group for r in rows] if config.eval.group_column else None
+    texts = [r.text for r in rows] if pairs else rows
     if not texts:
         raise ConfigError(f"{config.eval.path}: no row has a text and a label among the student's "
                           f"classes ({', '.join(labels.labels)}); check eval.label_column")
     stream = CacheStream(aligned, labels, batch_size=1024, shuffle=False, calibration=calibration)
     batches = list(stream.epoch(0))
     position = {int(i): n for n, i in enumerate(np.concatenate([b.sample_ids for b in batches]))}
-    wanted = sample_ids(texts)
+    wanted = sample_ids(texts, pairs)
     missing = sum(int(i) not in position for i in wanted)
     if missing:
         raise CacheError(f"{config.source}: {missing} rows of the eval file {config.eval.path} are "
@@ -126,8 +149,12 @@ def eval_set(config: DistillConfig, labels: LabelSpace, aligned: AlignedCache,
     take = torch.from_numpy(np.array([position[int(i)] for i in wanted], dtype=np.int64))
     logits = torch.cat([b.teachers.logits for b in batches])[take]
     valid = torch.cat([b.teachers.valid for b in batches])[take]
+    if groups is not None and not labels.scores:
+        raise ConfigError(f"{config.source}: eval.group_column ranks candidates by one relevance "
+                          f"score, but the teachers have {labels.num_labels} classes; use "
+                          "single-score teachers (cross-encoders) or leave eval.group_column out")
     return EvalSet(texts, np.array(gold), TeacherBatch(logits, batches[0].teachers.covered, valid),
-                   [m.name for m in aligned.manifests], outside, without_text)
+                   [m.name for m in aligned.manifests], outside, without_text, pairs, groups)
 
 
 def ensemble_probs(tb: TeacherBatch) -> torch.Tensor:
@@ -168,15 +195,34 @@ def teacher_scores(held_out: EvalSet, labels: LabelSpace) -> tuple[dict, dict]:
     return per_teacher, ensemble
 
 
+def ranked(held_out: EvalSet, scores: np.ndarray) -> dict:
+    """The ranking metrics of per-candidate `scores` on the eval groups."""
+    return ranking_metrics(scores, held_out.gold, held_out.groups)
+
+
+def teacher_rankings(held_out: EvalSet) -> tuple[dict, dict]:
+    """(per teacher, ensemble) ranking metrics from the cached, calibrated scores; the
+    ensemble ranks by the mean calibrated score of the valid teachers. A row where a teacher
+    has no valid score ranks last for it."""
+    tb = held_out.teachers
+    scores = tb.logits[..., 0]
+    per_teacher = {name: ranked(held_out, torch.where(tb.valid[:, k], scores[:, k], -torch.inf).numpy())
+                   for k, name in enumerate(held_out.names)}
+    mean = (torch.where(tb.valid, scores, 0.0).sum(1) / tb.valid.sum(1).clamp_min(1))
+    return per_teacher, ranked(held_out, torch.where(tb.valid.any(1), mean, -torch.inf).numpy())
+
+
 def ensemble_agreement(model, tokenizer, config: DistillConfig, stream) -> float:
     """Student argmax vs the ensemble's (`ensemble_probs`) on the first cached rows."""
-    texts, targets = [], []
+    texts, pairs, targets = [], [], []
     for batch in stream.epoch(0):
         targets.append(decide(ensemble_probs(batch.teachers), batch.teachers.valid.any(1)))
         texts += batch.texts
+        pairs += batch.pairs or []
         if len(texts) >= AGREEMENT_ROWS:
             break
-    student = predict(model, tokenizer, texts, config.student.max_length)
+    student = predict(model, tokenizer, texts, config.student.max_length, pairs=pairs or None,
+                      truncation=config.student.truncation)
     pred = student[:, 0] > 0 if student.shape[1] == 1 else student.argmax(1)
     return float((pred == np.concatenate(targets)).mean())
 
@@ -188,10 +234,17 @@ def evaluate(model, tokenizer, config: DistillConfig, stream, labels: LabelSpace
     result = {"ensemble_agreement": ensemble_agreement(model, tokenizer, config, stream)}
     if held_out is None:
         return result
-    logits = predict(model, tokenizer, held_out.texts, config.student.max_length)
+    logits = predict(model, tokenizer, held_out.texts, config.student.max_length,
+                     pairs=held_out.pairs, truncation=config.student.truncation)
     pred = (logits[:, 0] > 0).astype(int) if labels.scores else logits.argmax(1)
     student = scored(held_out.gold, pred, labels)
     teachers, ensemble = teacher_scores(held_out, labels)
+    if held_out.groups is not None:
+        result["ranking"] = {"student": ranked(held_out, logits[:, 0]),
+                             **dict(zip(("teachers", "ensemble"), teacher_rankings(held_out)))}
+        ndcg = f"ndcg@{CUTOFF}"
+        ens = result["ranking"]["ensemble"][ndcg]
+        result["ndcg_vs_ensemble"] = result["ranking"]["student"][ndcg] / ens if ens else None
     return {**result, **student, "eval_rows": len(held_out.texts),
             "eval_rows_outside_labels": sum(held_out.outside.values()),
             "eval_rows_without_text": held_out.without_text,

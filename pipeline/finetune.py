@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.pipeline.inputs import encode
 from distill.pipeline.loop import Loop, Progress, linear_warmup, make_accelerator, prepare, start_over
 from distill.pipeline.methods.base import MethodOutput
 
@@ -105,9 +106,21 @@ def rank_share(batches: list[list[int]], rank: int, world: int) -> list[tuple[li
 
 
 def weighted_ce(model, batch: LabelledBatch, device) -> MethodOutput:
+    """Cross-entropy of a class teacher's logits, each row weighted (0 for padding batches)."""
     logits = model(**batch.inputs.to(device)).logits.float()
-    weights = batch.weights.to(device)
     per_row = torch.nn.functional.cross_entropy(logits, batch.target.to(device), reduction="none")
+    return _weighted(per_row, batch.weights.to(device))
+
+
+def weighted_bce(model, batch: LabelledBatch, device) -> MethodOutput:
+    """Binary cross-entropy of a cross-encoder's one relevance logit against 0/1 labels."""
+    logits = model(**batch.inputs.to(device)).logits.float()[:, 0]
+    per_row = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, batch.target.to(device).float(), reduction="none")
+    return _weighted(per_row, batch.weights.to(device))
+
+
+def _weighted(per_row: torch.Tensor, weights: torch.Tensor) -> MethodOutput:
     return MethodOutput((per_row * weights).sum() / weights.sum().clamp_min(1), {})
 
 
@@ -118,7 +131,7 @@ def finetune_classifier(base_model: str | Path, texts: list[str], labels: list[i
                         head_lr: float | None = None,
                         progress: Callable[[int, int, float], None] | None = None,
                         checkpoint_every: int = 0, resume: bool = False,
-                        max_steps: int | None = None) -> Path | None:
+                        max_steps: int | None = None, pairs: list[str] | None = None) -> Path | None:
     """Fine-tune `base_model` as a `len(label_names)`-way classifier and save it to `out_dir`.
 
     `labels[i]` is the index in `label_names` of `texts[i]`. With `label_noise` > 0 that
@@ -135,6 +148,9 @@ def finetune_classifier(base_model: str | Path, texts: list[str], labels: list[i
     returning None) checkpoints go to `.NAME.checkpoints` beside `out_dir`; `resume=True`
     continues from there, refused with other settings, and ends with the same weights as a run
     that never stopped. The folder is removed once the model is saved.
+    `pairs` (each text's second text) fine-tunes a pair model, tokenized like every teacher and
+    student of a pair corpus (pipeline/inputs.py); with one label name it is a cross-encoder:
+    one relevance logit trained with binary cross-entropy on 0/1 labels.
 
     The model and tokenizer are written to a temporary folder beside `out_dir` and renamed
     into place at the end, so a killed run never leaves a half-written `out_dir` that looks
@@ -160,8 +176,8 @@ def finetune_classifier(base_model: str | Path, texts: list[str], labels: list[i
         label2id={name: i for i, name in enumerate(label_names)},
         ignore_mismatched_sizes=True)
 
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    lengths = [len(ids) for ids in encoded]
+    encoded = encode(tokenizer, list(texts), list(pairs) if pairs else None, max_length)
+    lengths = encoded.lengths.tolist()
     rank, world = accelerator.process_index, accelerator.num_processes
     per_epoch = -(-len(texts) // batch_size)
     total_steps = epochs * -(-per_epoch // world)
@@ -180,7 +196,7 @@ def finetune_classifier(base_model: str | Path, texts: list[str], labels: list[i
         share = rank_share(length_batches(lengths, batch_size, random.Random(f"{seed}/{epoch}")),
                            rank, world)
         for rows, weight in share[first:]:
-            yield LabelledBatch(tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt"),
+            yield LabelledBatch(tokenizer.pad(encoded.rows(rows), return_tensors="pt"),
                                 torch.tensor([labels[i] for i in rows]), np.array(rows),
                                 torch.full((len(rows),), weight))
 
@@ -192,9 +208,10 @@ def finetune_classifier(base_model: str | Path, texts: list[str], labels: list[i
     settings = {"base_model": str(base_model), "labels": label_names, "seed": seed, "epochs": epochs,
                 "batch_size": batch_size, "lr": lr, "head_lr": head_lr, "max_length": max_length,
                 "label_noise": label_noise, "train_layers": train_layers, "processes": world,
-                "data_sha256": hashlib.sha256(json.dumps([texts, labels]).encode()).hexdigest()}
+                "data_sha256": hashlib.sha256(json.dumps([texts, labels, pairs]).encode()).hexdigest()}
+    loss = weighted_bce if len(label_names) == 1 else weighted_ce
     loop = Loop(accelerator, prepared, optimizer, schedule, epochs, total_steps, batches=batches,
-                loss=weighted_ce, folder=folder, settings=settings, checkpoint_every=checkpoint_every)
+                loss=loss, folder=folder, settings=settings, checkpoint_every=checkpoint_every)
     report = Progress(step=lambda step, metrics: progress(step, total_steps, metrics["loss"])) \
         if progress else None
     cursor = loop.run(resume=resume, max_steps=max_steps, progress=report)

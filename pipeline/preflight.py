@@ -47,22 +47,31 @@ def check_corpus(corpus: CorpusConfig, key: str, where: str) -> None:
     unreadable = [p for p in [path, *files] if not os.access(p, os.R_OK)]
     if unreadable:
         raise ConfigError(f"{where}: {key}.path: cannot read {unreadable[0]}; check its permissions")
-    if not has_text(files, corpus.text_column):
-        raise ConfigError(f"{where}: {key}.path: no row of {path} has text in column "
-                          f"'{corpus.text_column}' (every one is blank, missing or not text); point "
-                          f"it at a corpus with text or set {key}.text_column")
+    for column, name in ((corpus.text_column, "text_column"), (corpus.pair_column, "pair_column")):
+        if column is not None and not has_text(files, column):
+            raise ConfigError(f"{where}: {key}.path: no row of {path} has text in column "
+                              f"'{column}' (every one is blank, missing or not text); point "
+                              f"it at a corpus with text or set {key}.{name}")
+    if corpus.group_column and not has_text(files, corpus.group_column, accept=_any_value):
+        raise ConfigError(f"{where}: {key}.path: no row of {path} has a value in column "
+                          f"'{corpus.group_column}'; set {key}.group_column to the query id column")
 
 
-def has_text(files: list[Path], column: str) -> bool:
-    """Whether some row of `files` has a sample in `column` (storage/plan.py's definition),
-    reading only up to the first one. A file this scan cannot parse, or a kind it does not scan,
-    counts as having text: the corpus reader reads it the way training will and reports what
-    is wrong, so this check never refuses a corpus that reader would take."""
+def _any_value(value: object) -> bool:
+    return value is not None and str(value).strip() != ""
+
+
+def has_text(files: list[Path], column: str, accept=lambda v: skip_reason(v) is None) -> bool:
+    """Whether some row of `files` has a sample in `column` (storage/plan.py's definition;
+    `accept` another test of a value), reading only up to the first one. A file this scan
+    cannot parse, or a kind it does not scan, counts as having text: the corpus reader reads
+    it the way training will and reports what is wrong, so this check never refuses a corpus
+    that reader would take."""
     scanners = [SCANNERS.get(BUILDERS[f.suffix]) for f in files]
     if None in scanners:
         return True
     try:
-        return any(skip_reason(value) is None
+        return any(accept(value)
                    for file, scan in zip(files, scanners) for value in scan(file, column))
     except (ValueError, OSError, pa.ArrowException):
         return True

@@ -35,6 +35,7 @@ class Batch:
     sample_ids: np.ndarray
     teachers: TeacherBatch
     weights: torch.Tensor      # [B]: 1, or 0 for rows that only pad a rank's last batch
+    pairs: list[str] | None = None   # pair corpora: each text's second text (the passage)
     features: list[TeacherFeatures | None] | None = None   # per teacher, when requested
     teacher_prompts: torch.Tensor | None = None   # [B, sum D]: prompt-based teachers' vectors, NaN if null
 
@@ -51,14 +52,22 @@ class CacheStream:
     Rank r of `world` takes every world-th row of that order; ranks with one row fewer pad
     their last batch with a weight-0 row, so every rank runs the same number of steps (uneven
     step counts hang DDP) and every sample counts exactly once per epoch.
+
+    `by_group` (a plan with query groups, for ranking losses) batches whole groups instead: the
+    groups in a seeded permutation, rank r taking every world-th, each batch holding
+    `groups_per_batch` of them (about `batch_size` rows: batch_size / mean group size), so a
+    group's candidates always meet in one batch; `TeacherBatch.groups` numbers them. A rank
+    with a group fewer pads with a weight-0 copy of one.
     """
 
     def __init__(self, aligned: AlignedCache, labels: LabelSpace | None, batch_size: int, *,
                  seed: int = 0, shuffle: bool = True, buffer_shards: int = 2, rank: int = 0,
                  world: int = 1, calibration: list[tuple[float, float]] | None = None,
-                 group_by_length: bool = False, features: bool = False):
+                 group_by_length: bool = False, features: bool = False, by_group: bool = False):
         """`labels` is the student's label space (None for token-level subclasses)."""
         self.aligned, self.labels, self.batch_size = aligned, labels, batch_size
+        self.pairs = aligned.plan.pairs
+        self.groups = self._read_groups() if by_group else None
         self.group_by_length = group_by_length
         self.features = [feature_layout(m) if features else None for m in aligned.manifests]
         self.prompted = [k for k, m in enumerate(aligned.manifests) if "prompt_vector" in m.schema.names]
@@ -67,10 +76,27 @@ class CacheStream:
         self.rank, self.world = rank, world
         self.calibration = calibration or [(1.0, 0.0)] * len(aligned.manifests)
 
+    def _read_groups(self) -> list[np.ndarray]:
+        """The plan's query groups, each a [n, 2] array of (shard, row), in first-seen order."""
+        members: dict[str, list] = {}
+        for s in range(len(self.aligned)):
+            column = self.aligned.cache.read_text_shard(self.aligned.plan, s).column("group")
+            for row, key in enumerate(column.to_pylist()):
+                members.setdefault(key, []).append((s, row))
+        return [np.array(rows, dtype=np.int64) for rows in members.values()]
+
+    @property
+    def groups_per_batch(self) -> int:
+        mean_size = self.aligned.rows / len(self.groups)
+        return max(1, round(self.batch_size / mean_size))
+
     def rows_per_rank(self) -> int:
         return -(-self.aligned.rows // self.world)
 
     def batches_per_epoch(self) -> int:
+        if self.groups is not None:
+            per_rank = -(-len(self.groups) // self.world)
+            return -(-per_rank // self.groups_per_batch)
         return -(-self.rows_per_rank() // self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
@@ -104,10 +130,14 @@ class CacheStream:
         return np.concatenate([window[order], window[full * step:]])
 
     def text_lengths(self, shard: int) -> np.ndarray:
-        """Characters per row of a plan text shard (a cheap proxy for tokens), read once."""
+        """Characters per row of a plan text shard (a cheap proxy for tokens; both texts of a
+        pair), read once."""
         if shard not in self._lengths:
-            text = self.aligned.cache.read_text_shard(self.aligned.plan, shard).column("text")
-            self._lengths[shard] = pc.utf8_length(text).to_numpy(zero_copy_only=False)
+            table = self.aligned.cache.read_text_shard(self.aligned.plan, shard)
+            lengths = pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False)
+            if self.pairs:
+                lengths = lengths + pc.utf8_length(table.column("pair")).to_numpy(zero_copy_only=False)
+            self._lengths[shard] = lengths
         return self._lengths[shard]
 
     def rank_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,33 +148,63 @@ class CacheStream:
             mine = np.concatenate([mine, mine[: self.rows_per_rank() - len(mine)]])
         return mine, weights
 
+    def rank_batches(self, epoch: int, start_batch: int = 0) -> Iterator[tuple]:
+        """(rows [n, 2], weights [n], group number per row or None) of this rank's batches."""
+        if self.groups is not None:
+            yield from self._group_batches(epoch, start_batch)
+            return
+        order, weights = self.rank_order(epoch)
+        for b in range(start_batch, self.batches_per_epoch()):
+            part = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            yield order[part], weights[part], None
+
+    def _group_batches(self, epoch: int, start_batch: int) -> Iterator[tuple]:
+        rng = np.random.default_rng([self.seed, epoch])
+        picks = rng.permutation(len(self.groups)) if self.shuffle else np.arange(len(self.groups))
+        mine = picks[self.rank::self.world].tolist()
+        per_rank = -(-len(self.groups) // self.world)
+        padded = [(g, 1.0) for g in mine] + [(picks[0], 0.0)] * (per_rank - len(mine))
+        size = self.groups_per_batch
+        for b in range(start_batch, self.batches_per_epoch()):
+            chosen = padded[b * size:(b + 1) * size]
+            rows = [self.groups[g] for g, _ in chosen]
+            yield (np.concatenate(rows),
+                   np.concatenate([np.full(len(r), w, dtype=np.float32) for r, (_, w) in zip(rows, chosen)]),
+                   np.repeat(np.arange(len(rows)), [len(r) for r in rows]))
+
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         """Batches of `epoch` from batch `start_batch` on (resume without reading what is skipped)."""
-        order, weights = self.rank_order(epoch)
         open_shards: dict[int, AlignedShard] = {}
-        for b in range(start_batch, self.batches_per_epoch()):
-            rows = order[b * self.batch_size:(b + 1) * self.batch_size]
+        for rows, weights, groups in self.rank_batches(epoch, start_batch):
             needed = set(rows[:, 0].tolist())
             for s in list(open_shards):
                 if s not in needed:
                     del open_shards[s]
             for s in needed - open_shards.keys():
                 open_shards[s] = self.aligned.read(s)
-            yield self._batch(rows, weights[b * self.batch_size:(b + 1) * self.batch_size], open_shards)
+            batch = self._batch(rows, weights, open_shards)
+            if groups is not None:
+                batch.teachers.groups = torch.from_numpy(groups)
+            yield batch
 
     def _batch(self, rows: np.ndarray, weights: np.ndarray, shards: dict[int, AlignedShard]) -> Batch:
-        texts, ids = [], []
+        texts, pairs, ids = [], [], []
         per_teacher: list[list[dict]] = [[] for _ in self.aligned.manifests]
         for s in np.unique(rows[:, 0]):
             picks = np.flatnonzero(rows[:, 0] == s)
             take = rows[picks, 1]
             shard = shards[int(s)]
             texts.append((picks, shard.text.column("text").take(take).to_pylist()))
+            if self.pairs:
+                pairs.append((picks, shard.text.column("pair").take(take).to_pylist()))
             ids.append((picks, shard.text.column("sample_id").take(take).to_numpy()))
             for k, table in enumerate(shard.teachers):
                 per_teacher[k].append((picks, table.take(take)))
-        return self._make_batch(_scatter_list(texts, len(rows)), _scatter_array(ids, len(rows)),
-                                per_teacher, torch.from_numpy(weights.copy()))
+        batch = self._make_batch(_scatter_list(texts, len(rows)), _scatter_array(ids, len(rows)),
+                                 per_teacher, torch.from_numpy(weights.copy()))
+        if self.pairs:
+            batch.pairs = _scatter_list(pairs, len(rows))
+        return batch
 
     def _make_batch(self, texts: list[str], sample_ids: np.ndarray, per_teacher: list[list],
                     weights: torch.Tensor) -> Batch:

@@ -23,12 +23,38 @@ def markdown(report: dict) -> str:
                   "| model | accuracy | macro-F1 |", "|---|---|---|"]
         lines += [f"| {name} | {s['accuracy']:.4f} | "
                   f"{format(s['macro_f1'], '.4f') if 'macro_f1' in s else '-'} |" for name, s in compared]
+    lines += ranking_table(report.get("eval", {}))
     history = report["history"]
     if history:
         lines += ["", "| step | loss |", "|---|---|"]
         every = max(1, len(history) // 20)
         lines += [f"| {h['step']} | {h['loss']:.4f} |" for h in history[::every]]
     return "\n".join(lines) + "\n"
+
+
+def ranking_table(ev: dict) -> list[str]:
+    """Each teacher's, the ensemble's and the student's ranking metrics on the eval groups."""
+    ranking = ev.get("ranking")
+    if not ranking:
+        return []
+    rows = ranking_rows(ranking)
+    keys = [k for k in ranking["student"] if "@" in k]
+    first = ranking["student"]
+    skipped = (f"; not ranked: {first['groups_single_candidate']} groups with one candidate, "
+               f"{first['groups_without_relevant']} without a relevant one")
+    lines = ["", f"## Ranking on the eval set ({first['groups']} query groups{skipped})", "",
+             "Teachers and their ensemble rank by their calibrated scores (`teachers[].calibration`), "
+             "as training reads them.", "",
+             "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines += [f"| {name} | " + " | ".join("-" if r[k] is None else f"{r[k]:.4f}" for k in keys) + " |"
+              for name, r in rows]
+    return lines
+
+
+def ranking_rows(ranking: dict) -> list[tuple[str, dict]]:
+    """(model, ranking metrics): each teacher, the ensemble, the student."""
+    return [*((f"teacher {n}", r) for n, r in ranking["teachers"].items()),
+            ("ensemble (mean of calibrated scores)", ranking["ensemble"]), ("student", ranking["student"])]
 
 
 def measured_on(report: dict) -> list[str]:

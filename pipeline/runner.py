@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from distill.pipeline.config import TeacherConfig
+from distill.pipeline.inputs import encode
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -70,14 +71,15 @@ def autocast(device: torch.device, dtype: str):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
-def encode_longest_first(tokenizer, texts: list[str], max_length: int):
-    """(encodings, truncated flags, token counts, row order longest first): batches cut from
+def encode_longest_first(tokenizer, texts: list[str], max_length: int,
+                         pairs: list[str] | None = None, truncation: str = "only_second"):
+    """(features, truncated flags, token counts, row order longest first): batches cut from
     that order hold texts of similar length, so little padding is computed (and the first batch
-    shows at once whether the longest texts fit in memory)."""
-    encoded = tokenizer(texts, truncation=True, max_length=max_length)
-    truncated = np.array([bool(e.overflowing) for e in encoded.encodings])
-    lengths = np.array([len(ids) for ids in encoded["input_ids"]])
-    return encoded, truncated, lengths, np.argsort(-lengths, kind="stable")
+    shows at once whether the longest texts fit in memory). `pairs`: (text, pair) inputs,
+    tokenized by the helper every backend and the student share (pipeline/inputs.py)."""
+    encoded = encode(tokenizer, texts, pairs, max_length, truncation)
+    lengths = encoded.lengths
+    return encoded.features, encoded.truncated, lengths, np.argsort(-lengths, kind="stable")
 
 
 class ClassificationRunner:
@@ -106,13 +108,17 @@ class ClassificationRunner:
             model_dir, local_files_only=True, trust_remote_code=self.config.trust_remote_code)
 
     def run(self, texts: list[str], seed: int = 0,
-            on_rows: Callable[[int], None] | None = None) -> ShardOutput:
+            on_rows: Callable[[int], None] | None = None,
+            pairs: list[str] | None = None) -> ShardOutput:
+        """`pairs`: each text's second text (a pair corpus), read as `tokenizer(text, pair)`;
+        cross-encoders with one score and NLI-style pair classifiers alike."""
         with self._lock:
-            return self._run(texts, seed, on_rows)
+            return self._run(texts, seed, on_rows, pairs)
 
-    def _run(self, texts, seed, on_rows) -> ShardOutput:
+    def _run(self, texts, seed, on_rows, pairs) -> ShardOutput:
         cfg = self.config
-        encoded, truncated, _, order = encode_longest_first(self.tokenizer, texts, cfg.max_length)
+        encoded, truncated, _, order = encode_longest_first(self.tokenizer, texts, cfg.max_length,
+                                                            pairs, cfg.truncation)
         outputs: dict[str, list] = {}
         for b, start in enumerate(range(0, len(texts), cfg.batch_size)):
             rows = order[start:start + cfg.batch_size]

@@ -103,9 +103,10 @@ def output_settings(config: TeacherConfig) -> dict[str, Any]:
     """The settings that determine the cached values (batch size and device do not).
     `lm` enters only when set, so classification teacher ids stay what they were; `backend`
     only when it is not the default, so every cache written before backends existed (all by
-    torch) keeps its id and stays valid."""
+    torch) keeps its id and stays valid; `truncation` (of pairs) likewise."""
     keys = {"kind", "max_length", "dtype", "logits_dtype", "on_nonfinite", "mc_dropout", "features"}
     keys |= {"lm"} if config.lm else set()
+    keys |= {"truncation"} if config.truncation != "only_second" else set()
     keys |= {"backend"} if config.backend != DEFAULT_BACKEND else set()
     return config.model_dump(include=keys)
 

@@ -17,8 +17,10 @@ from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig, eva
 from distill.pipeline.corpus import corpus_plan_id
 from distill.pipeline.evaluate import AGREEMENT_ROWS, eval_set, evaluate
 from distill.pipeline.features import FeatureDistiller, feature_widths
+from distill.pipeline.inputs import encode_padded
 from distill.pipeline.labels import LabelSpace, build_label_space
 from distill.pipeline.loop import Loop, Progress, linear_warmup, make_accelerator, prepare, start_over
+from distill.pipeline.losses import GROUP_LOSSES
 from distill.pipeline.methods import make_method
 from distill.pipeline.methods.base import MethodOutput, TeacherBatch
 from distill.pipeline.reader import Batch, CacheStream, prefetch
@@ -34,7 +36,7 @@ def teacher_batch_to(batch: TeacherBatch, device) -> TeacherBatch:
         return None if t is None else t.to(device)
 
     return TeacherBatch(move(batch.logits), move(batch.covered), move(batch.valid),
-                        move(batch.mc_probs), move(batch.mc_entropy))
+                        move(batch.mc_probs), move(batch.mc_entropy), move(batch.groups))
 
 
 @dataclass
@@ -51,11 +53,11 @@ class FeatureTerm:
 
 
 def distill_loss(model, tokenizer, method, batch: Batch, device, max_length: int,
-                 features: FeatureTerm | None = None) -> MethodOutput:
-    """One batch: tokenize, run the student, let the ensemble method build the loss (plus the
-    feature loss on the student's hidden states when `features` is given)."""
-    inputs = tokenizer(batch.texts, padding=True, truncation=True, max_length=max_length,
-                       return_tensors="pt").to(device)
+                 features: FeatureTerm | None = None, truncation: str = "only_second") -> MethodOutput:
+    """One batch: tokenize (pairs as pairs, like the teachers: pipeline/inputs.py), run the
+    student, let the ensemble method build the loss (plus the feature loss on the student's
+    hidden states when `features` is given)."""
+    inputs = encode_padded(tokenizer, batch.texts, batch.pairs, max_length, truncation).to(device)
     out = model(**inputs, output_hidden_states=features is not None)
     weights = batch.weights.to(device)
     result = method(out.logits.float(), teacher_batch_to(batch.teachers, device), weights)
@@ -168,13 +170,15 @@ def classification_recipe(config: DistillConfig, aligned: AlignedCache, method: 
     labels = label_space(config, aligned)
     calibration = [((t.calibration.scale, t.calibration.bias) if t.calibration else (1.0, 0.0))
                    for t in config.teachers]
+    by_group = _check_loss(config, train_cfg, aligned, labels)
     stream = CacheStream(aligned, labels, train_cfg.batch_size, seed=train_cfg.seed,
                          buffer_shards=train_cfg.shuffle_buffer_shards,
                          rank=accelerator.process_index, world=accelerator.num_processes,
                          calibration=calibration, group_by_length=train_cfg.group_by_length,
-                         features=train_cfg.features is not None)
+                         features=train_cfg.features is not None, by_group=by_group)
     held_out = eval_set(config, labels, open_eval_caches(config), calibration) if config.eval else None
-    ensemble = make_method(method, temperature=train_cfg.temperature, **train_cfg.method_options)
+    ensemble = make_method(method, temperature=train_cfg.temperature, loss=train_cfg.loss,
+                           **train_cfg.method_options)
     source, layers, pick = student_source(config)
     model, tokenizer = build_student(source, labels, layers, pick, source_label_map(config))
     features = _feature_term(train_cfg, model, source, aligned)
@@ -185,12 +189,43 @@ def classification_recipe(config: DistillConfig, aligned: AlignedCache, method: 
               {"params": new, "lr": train_cfg.head_lr or train_cfg.lr}]
     return Recipe(stream, model, tokenizer, groups,
                   loss=lambda m, batch, device: distill_loss(m, tokenizer, ensemble, batch, device,
-                                                             config.student.max_length, features),
+                                                             config.student.max_length, features,
+                                                             config.student.truncation),
                   evaluate=lambda student: evaluate(student, tokenizer, config, stream, labels, held_out),
-                  report={"labels": labels.labels, "ensemble_agreement_on":
+                  report={"labels": labels.labels, "loss": train_cfg.loss, **_groups(aligned, by_group),
+                          "ensemble_agreement_on":
                           f"the training corpus {config.corpus.path} (its first {AGREEMENT_ROWS} "
                           "rows or so, the student's own training rows: not held out)"},
                   on_prepare=features.prepare if features else (lambda accelerator: None))
+
+
+def _check_loss(config: DistillConfig, train_cfg: TrainConfig, aligned: AlignedCache,
+                labels: LabelSpace) -> bool:
+    """Whether batches hold whole query groups (the plan has groups); a group loss (listwise,
+    margin_mse) without single scores or without groups is refused: it would rank nothing."""
+    plan = aligned.plan
+    if train_cfg.loss in GROUP_LOSSES:
+        if not labels.scores:
+            raise ConfigError(f"{config.source}: train.loss: {train_cfg.loss} ranks one relevance "
+                              f"score per candidate, but the teachers have {labels.num_labels} "
+                              "classes; use loss: pointwise")
+        if plan.group_column is None:
+            raise ConfigError(f"{config.source}: train.loss: {train_cfg.loss} ranks the candidates "
+                              "of a query group; set corpus.group_column (and pair_column), or use "
+                              "loss: pointwise")
+    return plan.group_column is not None
+
+
+def _groups(aligned: AlignedCache, by_group: bool) -> dict:
+    """The report's count of the training corpus's query groups, and of those with one
+    candidate, which the group losses skip (a counted skip, never silent)."""
+    plan = aligned.plan
+    if not by_group:
+        return {}
+    return {"groups": {"column": plan.group_column, "groups": plan.groups,
+                       "single_candidate": plan.single_candidate_groups,
+                       "single_candidate_note": "groups with one candidate carry no weight in "
+                                                "listwise and margin_mse (nothing to rank)"}}
 
 
 def run_folder(config: DistillConfig, method: str) -> Path:

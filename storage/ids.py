@@ -22,11 +22,23 @@ def normalize_text(text: str) -> str:
     return _SPACE.sub(" ", unicodedata.normalize("NFC", text)).strip()
 
 
-def sample_id(text: str) -> int:
-    """Signed int64 (Arrow, DuckDB and Polars all read int64; uint64 trips some of them)."""
-    digest = hashlib.blake2b(normalize_text(text).encode("utf-8"), digest_size=8).digest()
+# Joins a pair's two texts in its id. Normalisation turns it into a space inside a text (it is
+# whitespace to Python), so ("a b", "c") and ("a", "b c") can never hash alike.
+PAIR_SEPARATOR = "\x1f"
+
+
+def sample_id(text: str, pair: str | None = None) -> int:
+    """Signed int64 (Arrow, DuckDB and Polars all read int64; uint64 trips some of them). A
+    pair (query, passage) is one sample: its id covers both texts, in order; a single text
+    keeps the id it always had."""
+    key = normalize_text(text) if pair is None else \
+        normalize_text(text) + PAIR_SEPARATOR + normalize_text(pair)
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
 
 
-def sample_ids(texts: Iterable[str]) -> np.ndarray:
-    return np.fromiter((sample_id(t) for t in texts), dtype=np.int64)
+def sample_ids(texts: Iterable[str], pairs: Iterable[str] | None = None) -> np.ndarray:
+    texts = list(texts)
+    pairs = [None] * len(texts) if pairs is None else list(pairs)
+    return np.fromiter((sample_id(t, p) for t, p in zip(texts, pairs)), dtype=np.int64,
+                       count=len(texts))

@@ -50,9 +50,18 @@ _READERS = {
 
 
 def read_labels(path: str | os.PathLike, label_column: str = "label",
-                text_column: str = "text") -> dict[int, object]:
+                text_column: str = "text", pair_column: str | None = None) -> dict[int, object]:
     """{sample_id: label} from a .jsonl, .json (lines or an array of objects), .csv, .tsv or
-    .parquet file; rows without text or label are left out."""
+    .parquet file; rows without text or label are left out. With `pair_column`, a row is the
+    pair (text, pair), matched to a pair corpus's rows by the pair's sample id."""
+    return read_labelled(path, label_column, text_column, pair_column)[0]
+
+
+def read_labelled(path: str | os.PathLike, label_column: str = "label", text_column: str = "text",
+                  pair_column: str | None = None,
+                  group_column: str | None = None) -> tuple[dict[int, object], dict[int, str] | None]:
+    """({sample_id: label}, {sample_id: query group} with `group_column`, else None): the
+    labels of `read_labels` and the groups `distill inspect --labels` ranks by."""
     path = str(path)
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in _READERS:
@@ -66,12 +75,26 @@ def read_labels(path: str | os.PathLike, label_column: str = "label",
             columns = _READERS[suffix](f)
     except pa.ArrowInvalid as e:
         raise CacheError(f"{path}: cannot be read as {suffix} ({e})") from e
-    missing = [c for c in (text_column, label_column) if c not in columns]
+    wanted = [c for c in (text_column, label_column, pair_column, group_column) if c is not None]
+    missing = [c for c in wanted if c not in columns]
     if missing:
         raise CacheError(f"{path}: no column {', '.join(repr(c) for c in missing)} (columns: "
-                         f"{', '.join(columns)}); set --text-column / --label-column")
-    labels = {}
-    for text, label in zip(columns[text_column], columns[label_column]):
-        if isinstance(text, str) and text.strip() and label is not None:
-            labels[sample_id(text)] = label
-    return labels
+                         f"{', '.join(columns)}); set --text-column / --label-column / "
+                         "--pair-column / --group-column")
+    rows = len(columns[text_column])
+    pairs = columns[pair_column] if pair_column else [None] * rows
+    group_values = columns[group_column] if group_column else [None] * rows
+    labels, groups = {}, {}
+    for text, pair, group, label in zip(columns[text_column], pairs, group_values,
+                                        columns[label_column]):
+        if not _is_text(text) or label is None or (pair_column and not _is_text(pair)):
+            continue
+        key = sample_id(text, pair)
+        labels[key] = label
+        if group_column and group is not None:
+            groups[key] = str(group)
+    return labels, groups if group_column else None
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())

@@ -128,6 +128,20 @@ class Plan(Record):
     rows: int
     skipped: SkippedRows
     shards: list[ShardEntry]
+    pair_column: str | None = None      # pair corpora: text shards also hold `pair` and `group`
+    group_column: str | None = None
+    groups: int | None = None
+    single_candidate_groups: int | None = None
+
+    @property
+    def pairs(self) -> bool:
+        return self.pair_column is not None
+
+    def to_json(self) -> bytes:
+        """Single-text plans leave the pair fields out: their plan.json stays what it was."""
+        unset = {k for k in ("pair_column", "group_column", "groups", "single_candidate_groups")
+                 if getattr(self, k) is None}
+        return (self.model_dump_json(indent=2, exclude=unset) + "\n").encode()
 
 
 class TeacherManifest(Record):

@@ -152,3 +152,30 @@ def test_demo_teachers_are_reused_only_with_the_same_settings(base, tmp_path, mo
     demo.ensure_teachers(folder, base=base)
     assert all((p / "model.safetensors").stat().st_mtime_ns != weights[n] for n, p in paths.items())
     assert json.loads((paths["c"] / demo.STAMP).read_text())["lr"] == demo.LR
+
+
+def test_finetune_a_cross_encoder_on_pairs(tmp_path):
+    """One label name: a relevance score learnt from pairs, tokenized as pairs. Relevant means
+    "cat" is in the passage, not the query: only the pair encoding (segments) tells them apart."""
+    import tiny
+
+    tiny.classifier(tmp_path / "base", num_labels=1, seed=0, pairs=True)
+    rng = random.Random(4)
+    others = ["dog", "bird", "fish", "tree", "car"]
+    queries, passages, labels = [], [], []
+    for i in range(128):
+        with_cat = " ".join(["cat", *rng.sample(others, 2)])
+        without = " ".join(rng.sample(others, 3))
+        relevant = i % 2
+        queries.append(without if relevant else with_cat)
+        passages.append(with_cat if relevant else without)
+        labels.append(relevant)
+    out = finetune_classifier(tmp_path / "base", queries, labels, ["relevance"], tmp_path / "ce",
+                              seed=0, epochs=10, batch_size=16, lr=3e-3, max_length=16,
+                              pairs=passages)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        scores = model(**tokenizer(queries, passages, padding=True, return_tensors="pt")).logits[:, 0]
+    assert model.config.num_labels == 1
+    assert ((scores > 0).long() == torch.tensor(labels)).float().mean() >= 0.9

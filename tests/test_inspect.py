@@ -252,7 +252,7 @@ def test_bad_inputs_are_clear_errors(scenario):
     assert unknown.exit_code == 2 and "'zz'" in unknown.output and "a, b, c, lm" in unknown.output
     bad_sql = _inspect(scenario, "--sql", "SELECT nope FROM a")
     assert bad_sql.exit_code == 2 and "SQL failed" in bad_sql.output
-    assert "texts(plan_id, shard, row, sample_id, text)" in bad_sql.output  # what there is
+    assert "texts(plan_id, shard, row, sample_id, text, pair, group)" in bad_sql.output  # what there is
     missing = _inspect(scenario, "--labels", scenario / "nowhere.jsonl")
     assert missing.exit_code == 2 and "nowhere.jsonl: labelled file does not exist" in missing.output
     column = _inspect(scenario, "--labels", scenario / "labels.jsonl", "--label-column", "gold")

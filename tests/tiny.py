@@ -19,20 +19,24 @@ WORDS = ("the a cat dog bird fish tree flower red green blue big small runs eats
          "fast slow water food house car city river stone sun moon star").split()
 
 
-def tokenizer(words: tuple[str, ...] = WORDS) -> PreTrainedTokenizerFast:
+def tokenizer(words: tuple[str, ...] = WORDS, pairs: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level BERT-style tokenizer; `pairs` adds BERT's pair template and token type ids."""
     vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     from tokenizers.processors import TemplateProcessing
-    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[
+    pair = {"pair": "[CLS] $A [SEP] $B:1 [SEP]:1"} if pairs else {}
+    tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", **pair, special_tokens=[
         ("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    inputs = {"model_input_names": ["input_ids", "token_type_ids", "attention_mask"]} if pairs else {}
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", **inputs)
 
 
 def classifier(path: Path, num_labels: int = 4, seed: int = 0, layers: int = 2,
-               dropout: float = 0.1, nan: bool = False) -> Path:
-    """Save a tiny BERT classifier (random weights from `seed`) with its tokenizer."""
+               dropout: float = 0.1, nan: bool = False, pairs: bool = False) -> Path:
+    """Save a tiny BERT classifier (random weights from `seed`) with its tokenizer (`pairs`:
+    one that encodes pairs as BERT does)."""
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=layers,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
@@ -45,7 +49,7 @@ def classifier(path: Path, num_labels: int = 4, seed: int = 0, layers: int = 2,
         with torch.no_grad():
             model.classifier.bias.fill_(float("nan"))
     model.save_pretrained(path)
-    tokenizer().save_pretrained(path)
+    tokenizer(pairs=pairs).save_pretrained(path)
     return path
 
 

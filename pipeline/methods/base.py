@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from distill.pipeline.losses import distill_loss
+from distill.pipeline.losses import SCORE_LOSSES, distill_loss, score_loss
 
 
 @dataclass
@@ -25,6 +25,8 @@ class TeacherBatch:
     valid:    [B, K] bool, False where a teacher's row was skipped (stored as null).
     mc_probs: [B, K, C] mean MC-dropout probabilities (zero outside `covered`), when cached.
     mc_entropy: [B, K] H(mean MC probs) / log |Y_k|, when cached.
+    groups:   [B] long, the query group of each row numbered within the batch, when the corpus
+              has groups and batches hold whole groups (the ranking losses need them).
     For single-score teachers (relevance, regression) C == 1 and logits are the scores.
     """
 
@@ -33,6 +35,7 @@ class TeacherBatch:
     valid: torch.Tensor
     mc_probs: torch.Tensor | None = None
     mc_entropy: torch.Tensor | None = None
+    groups: torch.Tensor | None = None
 
     @property
     def num_teachers(self) -> int:
@@ -46,12 +49,16 @@ class MethodOutput:
 
 
 class Method(ABC):
-    """Subclasses set `name` and implement `__call__`; `temperature` is the KD temperature."""
+    """Subclasses set `name` and implement `__call__`; `temperature` is the KD temperature;
+    `loss` is how single scores are distilled (`train.loss`: pipeline/losses.py SCORE_LOSSES)."""
 
     name: str = ""
 
-    def __init__(self, temperature: float = 1.0, **options):
+    def __init__(self, temperature: float = 1.0, loss: str = "pointwise", **options):
         self.temperature = temperature
+        if loss not in SCORE_LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; known losses: {', '.join(SCORE_LOSSES)}")
+        self.loss = loss
         if options:
             raise ValueError(f"method {self.name}: unknown options {sorted(options)}")
 
@@ -128,6 +135,8 @@ class TargetMethod(Method):
 
     def __call__(self, student_logits: torch.Tensor, teachers: TeacherBatch,
                  weights: torch.Tensor | None = None) -> MethodOutput:
-        loss = distill_loss(student_logits, self.target(teachers), self.temperature,
-                            row_weights(self.has_target(teachers), weights))
-        return MethodOutput(loss)
+        rows = row_weights(self.has_target(teachers), weights)
+        if is_scores(teachers):
+            return MethodOutput(score_loss(self.loss, student_logits, self.target(teachers),
+                                           self.temperature, teachers.groups, rows))
+        return MethodOutput(distill_loss(student_logits, self.target(teachers), self.temperature, rows))

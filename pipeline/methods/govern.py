@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from distill.pipeline.losses import soft_targets
+from distill.pipeline.losses import GROUP_LOSSES, score_gradient, soft_targets
 from distill.pipeline.methods.base import (
     Method,
     MethodOutput,
@@ -32,6 +32,12 @@ class Govern(Method):
     loss is the surrogate sum_i w_i·(s_i · g_i) / sum_i w_i, with g detached, so autograd gives
     exactly w_i·g_i / sum(w) per row: g / B without weights when every row has a teacher.
     Its value means nothing; log `govern/median_distance` instead.
+
+    Scores under a group loss (`train.loss` listwise or margin_mse): each teacher's g_k is the
+    gradient of that loss towards its own scores (autograd on the outputs), and the vote is
+    still per candidate; the combined gradient is centred per query group, as a group loss's
+    own gradient is (shifting a group's scores changes neither loss). That g already carries
+    the loss's reduction over groups, so the surrogate is sum(s · g).
     """
 
     name = "govern"
@@ -39,16 +45,21 @@ class Govern(Method):
     def __call__(self, student_logits: torch.Tensor, teachers: TeacherBatch,
                  weights: torch.Tensor | None = None) -> MethodOutput:
         student = student_logits.detach()
-        per_teacher = self.teacher_gradients(student, teachers)
+        grouped = is_scores(teachers) and self.loss in GROUP_LOSSES
+        per_teacher = (self.group_gradients(student, teachers, weights) if grouped
+                       else self.teacher_gradients(student, teachers))
         voters = members(teachers)
         votes = torch.where(voters, per_teacher.sign(), 0.0)
         majority = votes.sum(1).sign()                         # [B, C]; 0 is a tie
         agree = voters & ((votes == majority[:, None]) | (majority == 0)[:, None])
         step = masked_mean(per_teacher, agree)
-        if not is_scores(teachers):
-            step = step - step.mean(-1, keepdim=True)
         w = row_weights(teachers.valid.any(1), weights)
-        loss = (student_logits * (w[:, None] * step)).sum() / w.sum().clamp_min(1e-12)
+        if grouped:
+            loss = (student_logits * centre_per_group(step, teachers.groups, w > 0)).sum()
+        else:
+            if not is_scores(teachers):
+                step = step - step.mean(-1, keepdim=True)
+            loss = (student_logits * (w[:, None] * step)).sum() / w.sum().clamp_min(1e-12)
         metrics = self.agreement(votes, majority, voters)
         metrics["govern/median_distance"] = self.median_distance(student, teachers)
         return MethodOutput(loss, metrics)
@@ -60,6 +71,16 @@ class Govern(Method):
         if is_scores(teachers):
             return student[:, None] - teacher_values(teachers, t)
         return t * (soft_targets(student, t)[:, None] - teacher_probs(teachers, t))
+
+    def group_gradients(self, student: torch.Tensor, teachers: TeacherBatch,
+                        weights: torch.Tensor | None) -> torch.Tensor:
+        """[B, K, 1] g_k of the group loss towards teacher k's scores; a teacher's invalid rows
+        are no members of their groups for it (and it casts no vote there)."""
+        return torch.stack([
+            score_gradient(self.loss, student, teacher_values(teachers, self.temperature)[:, k],
+                           self.temperature, teachers.groups,
+                           row_weights(teachers.valid[:, k], weights))
+            for k in range(teachers.num_teachers)], 1)
 
     @staticmethod
     def agreement(votes: torch.Tensor, majority: torch.Tensor,
@@ -76,3 +97,13 @@ class Govern(Method):
         median = Median(self.temperature).target(teachers)
         own = student if is_scores(teachers) else soft_targets(student, self.temperature)
         return float((own - median).abs()[teachers.valid.any(1)].mean())
+
+
+def centre_per_group(step: torch.Tensor, groups: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """[B, 1] `step` minus its mean over the members of each row's group (non-members: 0)."""
+    flat = torch.where(members, step.reshape(-1), 0.0)
+    count = int(groups.max()) + 1
+    zeros = torch.zeros(count, dtype=flat.dtype, device=flat.device)
+    sums = zeros.index_add(0, groups, flat)
+    sizes = zeros.index_add(0, groups, members.to(flat.dtype))
+    return torch.where(members, flat - (sums / sizes.clamp_min(1))[groups], 0.0).reshape(step.shape)
