@@ -35,7 +35,7 @@ from distill.pipeline.methods import make_method  # noqa: E402
 from distill.pipeline.methods.base import TeacherBatch  # noqa: E402
 from distill.pipeline.reader import Batch, CacheStream, prefetch  # noqa: E402
 from distill.pipeline.student import build_student  # noqa: E402
-from distill.pipeline.trainer import distill_loss  # noqa: E402
+from distill.pipeline.trainer import student_batch_loss  # noqa: E402
 from distill.storage.aligned import AlignedCache  # noqa: E402
 from distill.storage.cache import Cache  # noqa: E402
 
@@ -79,7 +79,7 @@ class Student:
         self.method = make_method("mean", temperature=2.0)
 
     def step(self, batch: Batch) -> None:
-        loss = distill_loss(self.model, self.tokenizer, self.method, batch, "cpu", MAX_LENGTH).loss
+        loss = student_batch_loss(self.model, self.tokenizer, self.method, batch, "cpu", MAX_LENGTH).loss
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -52,8 +52,8 @@ class FeatureTerm:
         self.distiller = accelerator.prepare(self.distiller)
 
 
-def distill_loss(model, tokenizer, method, batch: Batch, device, max_length: int,
-                 features: FeatureTerm | None = None, truncation: str = "only_second") -> MethodOutput:
+def student_batch_loss(model, tokenizer, method, batch: Batch, device, max_length: int,
+                       features: FeatureTerm | None = None, truncation: str = "only_second") -> MethodOutput:
     """One batch: tokenize (pairs as pairs, like the teachers: pipeline/inputs.py), run the
     student, let the ensemble method build the loss (plus the feature loss on the student's
     hidden states when `features` is given)."""
@@ -188,7 +188,7 @@ def classification_recipe(config: DistillConfig, aligned: AlignedCache, method: 
     groups = [{"params": [p for p in model.parameters() if id(p) not in head], "lr": train_cfg.lr},
               {"params": new, "lr": train_cfg.head_lr or train_cfg.lr}]
     return Recipe(stream, model, tokenizer, groups,
-                  loss=lambda m, batch, device: distill_loss(m, tokenizer, ensemble, batch, device,
+                  loss=lambda m, batch, device: student_batch_loss(m, tokenizer, ensemble, batch, device,
                                                              config.student.max_length, features,
                                                              config.student.truncation),
                   evaluate=lambda student: evaluate(student, tokenizer, config, stream, labels, held_out),
