@@ -58,6 +58,21 @@ def ensure_export(config: TeacherConfig, model_dir: Path, prints: dict[str, str]
     return folder
 
 
+def checked_export(config: TeacherConfig, model_dir: Path) -> Path:
+    """The export a runner loads: the one the teacher id was computed from (`prepare_export`
+    made it in the process that planned the run), checked again and never made here, so a
+    cluster worker that cannot see `export_dir` stops with a message instead of running an
+    export of its own that the cache would not describe."""
+    from distill.pipeline.teacher import fingerprint
+
+    folder = _export_folder(config, fingerprint(model_dir))
+    if not folder.exists():
+        raise ConfigError(f"{folder}: no ONNX export of teachers[{config.name}] on this machine; "
+                          "put backend_options.export_dir on a filesystem every worker shares")
+    _check(folder, config.name)
+    return folder
+
+
 def _export_folder(config: TeacherConfig, prints: dict[str, str]) -> Path:
     options = config.backend_options
     if options is None or options.export_dir is None:
@@ -195,10 +210,8 @@ class OnnxClassificationRunner(BucketedRunner):
     def __init__(self, config: TeacherConfig, model_dir: Path):
         import onnxruntime as ort
 
-        from distill.pipeline.teacher import fingerprint
-
         super().__init__(config, model_dir)
-        folder = ensure_export(config, model_dir, fingerprint(model_dir))
+        folder = checked_export(config, model_dir)
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.log_severity_level = 3  # warnings about unused initializers are not the user's

@@ -205,3 +205,14 @@ def test_the_cuda_provider_gives_the_cpu_logits(project, exports):
     gpu = _runners(project, device="cuda", **_shared(exports))[1]
     assert gpu.runner.session.get_providers()[0] == "CUDAExecutionProvider"
     assert np.abs(gpu.runner.run(TEXTS).logits - cpu).max() <= 1e-3
+
+
+def test_a_runner_never_exports_it_stops_where_the_export_is_not_there(project):
+    """A cluster worker that cannot see export_dir must not run an export of its own."""
+    config = load_config(project.config(teachers=_teachers(backend_options={"export_dir": "none"})))
+    teacher = config.teachers[1]
+    with pytest.raises(ConfigError, match=r"/none/[0-9a-f]{16}: no ONNX export of teachers\[o\] on "
+                                          r"this machine; put backend_options\.export_dir on a "
+                                          r"filesystem every worker shares$"):
+        onnx_runner.OnnxClassificationRunner(teacher, project.root / "teacher-a")
+    assert not (project.root / "none").exists()
