@@ -87,6 +87,14 @@ def smollm2(build: Path) -> Path | None:
         return None
 
 
+def ort_providers() -> list[str]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return onnxruntime.get_available_providers()
+
+
 def classifier(base: Path, out: Path) -> Path:
     """The encoder with a 12-way head (the head's weights do not change the speed)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -122,8 +130,7 @@ def encoder_figures(work: Path, name: str, base: Path, texts: list[str], args, p
         texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
     flops = sum(encoder_flops(config, n) for n in lengths)
     engines = {"torch bf16": {"dtype": "bfloat16"}}
-    import onnxruntime as ort  # noqa: F401 (only its providers are asked for)
-    if "CUDAExecutionProvider" in ort.get_available_providers():
+    if "CUDAExecutionProvider" in ort_providers():
         engines["onnx cuda fp32"] = {"backend": "onnx",
                                      "backend_options": {"export_dir": str(work / "exports")}}
     else:
