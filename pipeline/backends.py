@@ -7,6 +7,10 @@ it computes, so a new backend is one file with its runner class plus one line he
 it runs. Runners are named by import path and imported only when a model loads: config
 checks and pre-flight stay free of torch.
 
+A backend that runs a converted copy of the model (`onnx`: pipeline/onnx_runner.py) also names
+a `prepare` function: it makes the copy once (or finds it) and returns the copy's fingerprint,
+which joins the teacher's fingerprint, so a cache says which exact graph computed it.
+
 Kinds: `classification`, `causal-lm`, and `prompt` (a classification teacher whose folder
 holds a prompt pool, pipeline/prompt_teacher.py).
 """
@@ -14,7 +18,7 @@ holds a prompt pool, pipeline/prompt_teacher.py).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
@@ -50,15 +54,30 @@ class TeacherRunner(Protocol):
     # second text, and tokenizes with pipeline/inputs.py like every other runner and the student.
 
 
+def _imported(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 @dataclass(frozen=True)
 class Backend:
     runner: str                                # "module:Class" of a TeacherRunner
     options: frozenset[str] = frozenset()     # the OPTIONS it computes
     pairs: bool = False                        # whether `run` takes pairs (pair corpora)
+    why_not: dict[str, str] = field(default_factory=dict)  # option it lacks -> why (in the refusal)
+    dtypes: frozenset[str] | None = None      # the `dtype`s it runs; None: all of them
+    prepare: str | None = None                # "module:function" (config, model dir, fingerprint,
+    #                                           where) -> the converted copy's fingerprint entries;
+    #                                           a backend with one reads `backend_options`
 
     def runner_class(self) -> type[TeacherRunner]:
-        module, name = self.runner.split(":")
-        return getattr(importlib.import_module(module), name)
+        return _imported(self.runner)
+
+    def prepared(self, config: TeacherConfig, model_dir: Path, prints: dict[str, str],
+                 where: str) -> dict[str, str]:
+        """Fingerprint entries of the copy this backend runs (made now if missing); none when
+        it runs the model's own files."""
+        return _imported(self.prepare)(config, model_dir, prints, where) if self.prepare else {}
 
 
 BACKENDS: dict[tuple[str, str], Backend] = {
@@ -67,6 +86,12 @@ BACKENDS: dict[tuple[str, str], Backend] = {
     ("prompt", "torch"): Backend("distill.pipeline.prompt_teacher:PromptTeacherRunner",
                                  frozenset({"mc_dropout"})),
     ("causal-lm", "torch"): Backend("distill.pipeline.lm_runner:CausalLMRunner"),
+    ("classification", "onnx"): Backend(
+        "distill.pipeline.onnx_runner:OnnxClassificationRunner",
+        why_not={"mc_dropout": "an ONNX Runtime graph has no dropout at inference",
+                 "features": "its export has the logits only"},
+        dtypes=frozenset({"float32"}),  # or int8 weights: backend_options.quantize
+        prepare="distill.pipeline.onnx_runner:prepare_export", pairs=True),
 }
 
 
@@ -83,16 +108,23 @@ def backend_for(config: TeacherConfig, kind: str, where: str) -> Backend:
     if name not in able:
         raise ConfigError(f"{key}.backend: '{name}' cannot run {KIND_NAMES[kind]}; backends that "
                           f"can: {', '.join(able) or 'none'}")
+    backend = BACKENDS[kind, name]
+    if backend.dtypes is not None and config.dtype not in backend.dtypes:
+        raise ConfigError(f"{key}.dtype: '{name}' runs {' or '.join(sorted(backend.dtypes))}, not "
+                          f"{config.dtype}; remove teachers[{config.name}].dtype or use backend torch")
+    if config.backend_options is not None and backend.prepare is None:
+        raise ConfigError(f"{key}.backend_options: '{name}' takes no options; remove them")
     for option in OPTIONS:
-        if getattr(config, option) is None or option in BACKENDS[kind, name].options:
+        if getattr(config, option) is None or option in backend.options:
             continue
         others = _able(kind, option)
         if not others:
             raise ConfigError(f"{key}.{option}: not available for {KIND_NAMES[kind]}; remove it")
+        why = f" ({backend.why_not[option]})" if option in backend.why_not else ""
         raise ConfigError(f"{key}.backend: '{name}' does not compute {option} for "
-                          f"{KIND_NAMES[kind]}; use {' or '.join(others)}, or remove "
+                          f"{KIND_NAMES[kind]}{why}; use {' or '.join(others)}, or remove "
                           f"teachers[{config.name}].{option}")
-    return BACKENDS[kind, name]
+    return backend
 
 
 def _able(kind: str, option: str | None = None) -> list[str]:

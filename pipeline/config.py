@@ -65,6 +65,20 @@ class FeaturesConfig(Strict):
     seed: int = Field(0, description="seed of the projection")
 
 
+class BackendOptions(Strict):
+    """Options of a backend that runs a converted copy of the teacher (`onnx`)."""
+
+    export_dir: str | None = Field(
+        None, description="folder of the exports: one sub-folder per teacher weights and "
+                          "`quantize`, made once and reused; relative to the config file. "
+                          "Default: `exports/` in a local cache root (required with a remote "
+                          "cache)")
+    quantize: Literal["int8"] | None = Field(
+        None, description="`int8`: onnxruntime dynamic quantization of the exported weights "
+                          "(faster on CPU, not the same logits: its measured cost is in "
+                          "[backends.md](backends.md)); enters the teacher id")
+
+
 class CalibrationConfig(Strict):
     """Puts a teacher's logits on the ensemble's scale: logits * scale + bias."""
 
@@ -144,9 +158,13 @@ class TeacherConfig(Strict):
                                                        "without it such a teacher is refused")
     backend: str = Field(DEFAULT_BACKEND, description="the inference backend that runs the teacher: "
                                                       "`torch` (PyTorch, Hugging Face "
-                                                      "`transformers`); another one enters the "
-                                                      "teacher id (see "
+                                                      "`transformers`) or `onnx` (ONNX Runtime, "
+                                                      "classification; see "
+                                                      "[backends.md](backends.md)); any other "
+                                                      "than torch enters the teacher id (see "
                                                       "[cache-format.md](cache-format.md#backends))")
+    backend_options: BackendOptions | None = Field(
+        None, description="`onnx` only: where its export is kept (`export_dir`) and `quantize`")
 
     @model_validator(mode="after")
     def _kind_settings(self) -> "TeacherConfig":
@@ -423,9 +441,23 @@ def parse_config(raw: dict, *, source: str = "<memory>", base: Path | None = Non
     except ValidationError as e:
         raise ConfigError(_explain(e, source)) from None
     for teacher in config.teachers:  # prompt-based teachers are known by their files: pre-flight
-        backend_for(teacher, teacher.kind, source)
+        if backend_for(teacher, teacher.kind, source).prepare:
+            _default_export_dir(teacher, config.cache, source)
     _check_tasks(config)
     return _resolve_paths(config, base) if base is not None else config
+
+
+def _default_export_dir(teacher: TeacherConfig, cache: str, where: str) -> None:
+    """A backend that converts the teacher keeps the copy in `exports/` of a local cache root
+    unless `backend_options.export_dir` names another folder (a remote cache cannot hold it:
+    ONNX Runtime reads a local file)."""
+    options = teacher.backend_options or BackendOptions()
+    if options.export_dir is None:
+        if _is_url(cache):
+            raise ConfigError(f"{where}: teachers[{teacher.name}].backend_options.export_dir: "
+                              f"required with a remote cache ({cache}); name a local folder")
+        options.export_dir = str(Path(cache) / "exports")
+    teacher.backend_options = options
 
 
 def _check_tasks(config: DistillConfig) -> None:
@@ -525,6 +557,8 @@ def _resolve_paths(config: DistillConfig, base: Path) -> DistillConfig:
             corpus.path = _resolve_path(corpus.path, base)
     for t in config.teachers:
         t.model = _resolve_model(t.model, base)
+        if t.backend_options and t.backend_options.export_dir:
+            t.backend_options.export_dir = _resolve_path(t.backend_options.export_dir, base)
     if config.student and config.student.model:
         config.student.model = _resolve_model(config.student.model, base)
     if config.train:

@@ -8,6 +8,7 @@ results are scattered back to plan order before anything is written.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -82,30 +83,21 @@ def encode_longest_first(tokenizer, texts: list[str], max_length: int,
     return encoded.features, encoded.truncated, lengths, np.argsort(-lengths, kind="stable")
 
 
-class ClassificationRunner:
-    """One loaded teacher; `run` is thread-safe (MC dropout flips the model's mode)."""
+class BucketedRunner(ABC):
+    """What every encoder backend shares: the teacher's tokenizer, length-bucketed batches and
+    the scatter back to plan order. A backend sets `tensors` (the array type its engine takes:
+    "pt", "np") and implements `_forward(batch, seed) -> {output name: [B, ...] array}`; `run`
+    is thread-safe (a teacher's shard tasks share one runner)."""
+
+    tensors = "pt"
 
     def __init__(self, config: TeacherConfig, model_dir: Path):
         from transformers import AutoTokenizer
 
         self.config = config
-        self.device = pick_device(config.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True,
                                                        trust_remote_code=config.trust_remote_code)
-        self.model = self.load_model(model_dir).to(self.device).eval()
-        self.num_labels = self.model.config.num_labels
         self._lock = threading.Lock()
-        self._projection = None
-        if config.features and config.features.project_to:
-            width = self.model.config.hidden_size
-            self._projection = torch.from_numpy(projection_matrix(
-                width, config.features.project_to, config.features.seed)).to(self.device)
-
-    def load_model(self, model_dir: Path) -> torch.nn.Module:
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification.from_pretrained(
-            model_dir, local_files_only=True, trust_remote_code=self.config.trust_remote_code)
 
     def run(self, texts: list[str], seed: int = 0,
             on_rows: Callable[[int], None] | None = None,
@@ -122,13 +114,58 @@ class ClassificationRunner:
         outputs: dict[str, list] = {}
         for b, start in enumerate(range(0, len(texts), cfg.batch_size)):
             rows = order[start:start + cfg.batch_size]
-            batch = self.tokenizer.pad({k: [encoded[k][i] for i in rows] for k in encoded.keys()},
-                                       return_tensors="pt").to(self.device)
+            features = {k: [encoded[k][i] for i in rows] for k in encoded.keys()}
+            batch = self._place(self.tokenizer.pad(features, return_tensors=self.tensors))
             for name, value in self._forward(batch, seed * 1_000_003 + b).items():
                 outputs.setdefault(name, []).append(value)
             if on_rows:
                 on_rows(len(rows))
         return self._assemble(outputs, order, truncated)
+
+    def _place(self, batch):
+        """The padded batch where the engine reads it (a torch runner moves it to its device)."""
+        return batch
+
+    @abstractmethod
+    def _forward(self, batch, seed: int) -> dict:
+        """One padded batch (longest first) -> its outputs by ShardOutput field name."""
+
+    @staticmethod
+    def _assemble(outputs: dict[str, list], order: np.ndarray, truncated: np.ndarray) -> ShardOutput:
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        fields = {}
+        for name, parts in outputs.items():
+            if name == "features" and isinstance(parts[0], list):
+                flat = [block for part in parts for block in part]
+                fields[name] = [flat[i] for i in inverse]
+            else:
+                fields[name] = np.concatenate(parts)[inverse]
+        return ShardOutput(truncated=truncated, **fields)
+
+
+class ClassificationRunner(BucketedRunner):
+    """The PyTorch backend: one loaded model (MC dropout flips its mode under the lock)."""
+
+    def __init__(self, config: TeacherConfig, model_dir: Path):
+        super().__init__(config, model_dir)
+        self.device = pick_device(config.device)
+        self.model = self.load_model(model_dir).to(self.device).eval()
+        self.num_labels = self.model.config.num_labels
+        self._projection = None
+        if config.features and config.features.project_to:
+            width = self.model.config.hidden_size
+            self._projection = torch.from_numpy(projection_matrix(
+                width, config.features.project_to, config.features.seed)).to(self.device)
+
+    def load_model(self, model_dir: Path) -> torch.nn.Module:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(
+            model_dir, local_files_only=True, trust_remote_code=self.config.trust_remote_code)
+
+    def _place(self, batch):
+        return batch.to(self.device)
 
     @torch.inference_mode()
     def _forward(self, batch, seed: int) -> dict:
@@ -177,16 +214,3 @@ class ClassificationRunner:
             mean = mean[:, 1:]
         return {"mc_probs": mean.cpu().numpy(), "mc_entropy": (h_mean / log_c).cpu().numpy(),
                 "mc_mutual_info": (mutual_info / log_c).clamp_min(0).cpu().numpy()}
-
-    @staticmethod
-    def _assemble(outputs: dict[str, list], order: np.ndarray, truncated: np.ndarray) -> ShardOutput:
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        fields = {}
-        for name, parts in outputs.items():
-            if name == "features" and isinstance(parts[0], list):
-                flat = [block for part in parts for block in part]
-                fields[name] = [flat[i] for i in inverse]
-            else:
-                fields[name] = np.concatenate(parts)[inverse]
-        return ShardOutput(truncated=truncated, **fields)

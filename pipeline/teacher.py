@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distill.pipeline.backends import DEFAULT_BACKEND
+from distill.pipeline.backends import BACKENDS, DEFAULT_BACKEND
 from distill.pipeline.config import ConfigError, TeacherConfig
 from distill.pipeline.continual.files import POOL_FILE, POOL_SETTINGS, has_prompt_pool
 from distill.storage import FORMAT_VERSION
@@ -103,17 +103,27 @@ def output_settings(config: TeacherConfig) -> dict[str, Any]:
     """The settings that determine the cached values (batch size and device do not).
     `lm` enters only when set, so classification teacher ids stay what they were; `backend`
     only when it is not the default, so every cache written before backends existed (all by
-    torch) keeps its id and stays valid; `truncation` (of pairs) likewise."""
+    torch) keeps its id and stays valid; `truncation` (of pairs) likewise. Of
+    `backend_options` only what changes the outputs enters (`quantize`, not where the export
+    is kept)."""
     keys = {"kind", "max_length", "dtype", "logits_dtype", "on_nonfinite", "mc_dropout", "features"}
     keys |= {"lm"} if config.lm else set()
     keys |= {"truncation"} if config.truncation != "only_second" else set()
     keys |= {"backend"} if config.backend != DEFAULT_BACKEND else set()
-    return config.model_dump(include=keys)
+    settings = config.model_dump(include=keys)
+    if config.backend_options is not None:
+        settings["backend_options"] = config.backend_options.model_dump(exclude={"export_dir"})
+    return settings
 
 
 def identify(config: TeacherConfig, plan_id: str, where: str) -> TeacherIdentity:
+    """The teacher's id; for a backend that runs a converted copy (pipeline/backends.py) the
+    copy's fingerprint joins the model's (the copy is made here the first time)."""
     model_dir = resolve_model_dir(config.model, where)
     prints = fingerprint(model_dir)
+    backend = BACKENDS.get((teacher_kind(config, where), config.backend))
+    if backend is not None:
+        prints |= backend.prepared(config, model_dir, prints, where)
     settings = output_settings(config)
     key = json.dumps({"format": FORMAT_VERSION, "plan": plan_id, "fingerprint": prints,
                       "settings": settings}, sort_keys=True)

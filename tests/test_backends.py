@@ -62,11 +62,11 @@ def test_the_registry_picks_the_torch_runner_of_each_kind(project):
 
 def test_an_unknown_backend_is_refused_with_the_key_and_the_choices(project, torch_copy, monkeypatch):
     monkeypatch.setattr(ClassificationRunner, "__init__", _not_loaded)
-    config = project.config(teachers=[{"name": "a", "model": "teacher-a", "backend": "onnx"}])
+    config = project.config(teachers=[{"name": "a", "model": "teacher-a", "backend": "tensorrt"}])
     result = CliRunner().invoke(app, ["cache", str(config)])
     assert result.exit_code == 2
     assert result.output.strip() == (f"error: {config}: teachers[a].backend: unknown backend "
-                                     "'onnx'; choose one of: torch, torch-copy")
+                                     "'tensorrt'; choose one of: onnx, torch, torch-copy")
 
 
 @pytest.mark.parametrize("teacher, message", [
