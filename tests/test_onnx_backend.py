@@ -69,6 +69,19 @@ def test_onnx_logits_equal_the_torch_backend(project, num_labels):
         "weights_sha256"]
 
 
+def test_onnx_reads_pairs_as_the_torch_backend_does(project):
+    """A cross-encoder over (query, passage) pairs: the export takes the pair's token type ids,
+    so its scores equal the torch backend's, truncation flags included."""
+    tiny.classifier(project.root / "teacher-a", num_labels=1, seed=2, pairs=True)
+    torch_teacher, onnx_teacher = _runners(project)
+    pairs = list(reversed(TEXTS))
+    expected, got = (t.runner.run(TEXTS, pairs=pairs) for t in (torch_teacher, onnx_teacher))
+    single = torch_teacher.runner.run(TEXTS)
+    assert np.abs(got.logits - expected.logits).max() <= 1e-3
+    assert np.abs(single.logits - expected.logits).max() > 1e-3  # the pair did change the scores
+    np.testing.assert_array_equal(got.truncated, expected.truncated)
+
+
 @pytest.mark.usefixtures("prefect")
 def test_distill_cache_with_onnx_writes_its_cache_and_reuses_its_export(project, monkeypatch,
                                                                          exports):
