@@ -10,14 +10,14 @@ vocabulary, checked by fingerprint before any training.
 from __future__ import annotations
 
 from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig
-from distill.pipeline.lm_evaluate import evaluate_lm
+from distill.pipeline.lm_evaluate import evaluate_lm, student_logits
 from distill.pipeline.lm_losses import next_token_ce
 from distill.pipeline.lm_methods import make_token_method
 from distill.pipeline.lm_reader import TokenBatch, TokenStream
 from distill.pipeline.methods.base import MethodOutput
 from distill.pipeline.student import build_lm_student
 from distill.pipeline.trainer import Recipe, open_eval_caches, student_source
-from distill.pipeline.vocab import check_same_vocabulary, vocab_fingerprint
+from distill.pipeline.vocab import check_same_vocabulary, padded_rows, tokenizer_size, vocab_fingerprint
 from distill.storage.aligned import AlignedCache
 
 
@@ -40,9 +40,7 @@ def cached_temperature(config: DistillConfig, aligned: AlignedCache) -> float:
 
 def token_loss(model, method, batch: TokenBatch, device, ce_weight: float) -> MethodOutput:
     batch = batch.to(device)
-    mask = batch.attention_mask.bool()
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   use_cache=False).logits[mask].float()
+    logits = student_logits(model, batch)
     weights = batch.token_weights
     result = method(logits, batch.teachers, weights)
     if ce_weight:
@@ -61,8 +59,9 @@ def lm_recipe(config: DistillConfig, aligned: AlignedCache, method: str, acceler
     source, layers, pick = student_source(config)
     model, tokenizer = build_lm_student(source, layers, pick)
     vocabularies = {f"teacher {m.name}": m.settings for m in aligned.manifests}
-    vocabularies["the student"] = {"vocab_size": model.get_output_embeddings().weight.shape[0],
-                                   "vocab_sha256": vocab_fingerprint(tokenizer)}
+    vocab = tokenizer_size(tokenizer)
+    padded_rows(model.get_output_embeddings().weight.shape[0], vocab, f"{config.source}: the student")
+    vocabularies["the student"] = {"vocab_size": vocab, "vocab_sha256": vocab_fingerprint(tokenizer)}
     check_same_vocabulary(vocabularies, config.source)
     ensemble = make_token_method(method, temperature, **train_cfg.method_options)
     stream = TokenStream(aligned, train_cfg.batch_size, seed=train_cfg.seed,
