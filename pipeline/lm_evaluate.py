@@ -25,10 +25,16 @@ EVAL_TOKENS = 16384
 def student_logits(model, batch: TokenBatch) -> torch.Tensor:
     """[N, V] the student's logits at the batch's real tokens over the teachers' vocabulary: the
     rows a padded output head has beyond it are cut off, so the student's distribution (and its
-    training) is over real tokens only."""
-    mask = batch.attention_mask.bool()
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   use_cache=False).logits[mask]
+    training) is over real tokens only. A packed batch runs as its blocks, with no attention
+    mask: transformers builds the block-diagonal causal mask from the restarting positions."""
+    if batch.packed is not None:
+        packed = batch.packed
+        logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                       use_cache=False).logits.flatten(0, 1)[packed.index]
+    else:
+        mask = batch.attention_mask.bool()
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       use_cache=False).logits[mask]
     return logits[:, :batch.teachers[0].vocab].float()
 
 
