@@ -1,5 +1,7 @@
-"""Causal-LM cache size and fidelity on the real SmolLM2-135M (bench/README.md, "Causal-LM cache
-size and fidelity"), over held-out real text (WordNet test glosses).
+"""Causal-LM cache size and fidelity on a real teacher (bench/README.md, "Causal-LM cache size and
+fidelity"), over held-out real text (WordNet test glosses): SmolLM2-135M (vocabulary 49,152,
+uint16 ids) or Gemma-3-270M (`--teacher gemma3`, vocabulary 262,144, uint32 ids; slow on CPU, so
+a few hundred tokens).
 
 Caches are written by the real cache path (`teacher_cache(...).compute`) for top-k k = 16, 32, 64
 and sampled N = 16, 32, next to a plain top-k baseline of the same k (int32 ids + bfloat16
@@ -16,8 +18,11 @@ log-probs per token, no tail, uncompressed Arrow). Per mode:
                 g_cache what the cache lets the loss compute (top-k: bucketed KL; baseline: KL to
                 the renormalised top-k; sampled: q - counts/N). For top-k this is a bias; for
                 sampled it is noise whose mean is 0 (it averages out over steps).
+  id bytes      bytes per stored id of the id column's values alone: as stored (uint16/uint32,
+                zstd), against ceil(log2 V) bits per id packed (17 bits at 128k, 18 at 262k),
+                raw and zstd-compressed; the target is stored <= 1.05 x the packed raw size.
 
-Run: python bench/lm_cache.py [--rows N] [--model-dir DIR]
+Run: python bench/lm_cache.py [--teacher smollm2|gemma3] [--rows N] [--model-dir DIR]
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from distill.pipeline.config import CorpusConfig, TeacherConfig  # noqa: E402
 from distill.pipeline.corpus import plan_corpus  # noqa: E402
 from distill.pipeline.lm_reader import TokenStream  # noqa: E402
 from distill.pipeline.lm_runner import load_causal_lm  # noqa: E402
-from distill.pipeline.smollm2 import export_smollm2  # noqa: E402
+from distill.pipeline.smollm2 import EXPORTS  # noqa: E402
 from distill.pipeline.student import build_lm_student  # noqa: E402
 from distill.storage.aligned import AlignedCache  # noqa: E402
 from distill.storage.cache import Cache  # noqa: E402
@@ -53,17 +58,22 @@ MODES = {"top-k k=16": {"mode": "top-k", "k": 16}, "top-k k=32": {"mode": "top-k
          "sampled N=32": {"mode": "sampled", "samples": 32}}
 TARGETS = {"top-k k=64": "<= 200 B/token", "sampled N=16": "<= 48 B/token",
            "sampled N=32": "<= 48 B/token"}
-MAX_LENGTH, BATCH = 128, 16
+MAX_LENGTH = 128
+TEACHERS = {"smollm2": {"model": "SmolLM2-135M-Instruct (Q4_1, dequantized)", "rows": 160, "batch": 16,
+                        "dir": "smollm2-135m"},
+            "gemma3": {"model": "Gemma-3-270M (Q4_K_M, dequantized)", "rows": 24, "batch": 4,
+                       "dir": "gemma3-270m"}}
+ID_COLUMNS = {"top-k": "topk_ids", "sampled": "draw_ids"}
 
 
-def build_caches(root: Path, model_dir: Path, rows: int):
+def build_caches(root: Path, model_dir: Path, rows: int, batch: int):
     cache = Cache(root / "cache")
     corpus = root / "held_out.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in wordnet_texts("test")[:rows]))
     plan = plan_corpus(cache, CorpusConfig(path=str(corpus), rows_per_shard=rows))
     for name, lm in MODES.items():
         config = TeacherConfig(name=name.replace(" ", "_").replace("=", ""), model=str(model_dir),
-                               kind="causal-lm", max_length=MAX_LENGTH, batch_size=BATCH, lm=lm)
+                               kind="causal-lm", max_length=MAX_LENGTH, batch_size=batch, lm=lm)
         teacher = teacher_cache(cache, plan, config)
         teacher.start()
         for index in teacher.pending()[0]:
@@ -72,6 +82,26 @@ def build_caches(root: Path, model_dir: Path, rows: int):
         release_runner(teacher.teacher_id)
     names = [n.replace(" ", "_").replace("=", "") for n in MODES]
     return cache, AlignedCache(cache, names)
+
+
+def id_bytes(cache: Cache, manifest, mode: str, vocab: int) -> dict[str, float]:
+    """Bytes per id of one cache's id column values: as stored (zstd over the uint16/uint32
+    buffer, the codec the shards use) and packed in ceil(log2 V) bits, raw and zstd."""
+    column = ID_COLUMNS[mode]
+    ids = np.concatenate([_leaves(cache.read_shard(manifest.teacher_id, e).column(column).combine_chunks())
+                          for e in manifest.shards])
+    bits = int(np.ceil(np.log2(vocab)))
+    packed = np.packbits(((ids[:, None] >> np.arange(bits, dtype=ids.dtype)) & 1).astype(np.uint8),
+                         axis=None, bitorder="little").tobytes()
+    n = len(ids)
+    return {"bits": bits, "stored_zstd": len(pa.compress(ids.tobytes(), "zstd", asbytes=True)) / n,
+            "packed_raw": bits / 8, "packed_zstd": len(pa.compress(packed, "zstd", asbytes=True)) / n}
+
+
+def _leaves(array) -> np.ndarray:
+    while hasattr(array, "flatten"):
+        array = array.flatten()
+    return array.to_numpy(zero_copy_only=False)
 
 
 def baseline_bytes(root: Path, k: int, logprobs: list[np.ndarray], ids: list[np.ndarray]) -> int:
@@ -106,32 +136,34 @@ def rel_error(estimate: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=160, help="held-out WordNet test glosses")
-    parser.add_argument("--model-dir", type=Path, default=Path("build/smollm2-135m"))
+    parser.add_argument("--teacher", choices=sorted(TEACHERS), default="smollm2")
+    parser.add_argument("--rows", type=int, default=None, help="held-out WordNet test glosses")
+    parser.add_argument("--model-dir", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    model_dir = export_smollm2(args.model_dir)
-    results: dict = {"rows": args.rows, "model": "SmolLM2-135M-Instruct (Q4_1, dequantized)"}
+    spec = TEACHERS[args.teacher]
+    rows, batch_size = args.rows or spec["rows"], spec["batch"]
+    model_dir = EXPORTS[args.teacher](args.model_dir or Path("build") / spec["dir"])
+    results: dict = {"rows": rows, "model": spec["model"], "teacher": args.teacher}
     with tempfile.TemporaryDirectory(prefix="distill-lm-bench-") as tmp:
         root = Path(tmp)
-        cache, aligned = build_caches(root, model_dir, args.rows)
+        cache, aligned = build_caches(root, model_dir, rows, batch_size)
         teacher, _ = load_causal_lm(model_dir, torch.device("cpu"))
         student, _ = build_lm_student(model_dir, layers=6)
         student.eval()
         sums: dict[str, list] = {name: [] for name in [*MODES, *(f"baseline k={k}" for k in (16, 32, 64))]}
         grads: dict[str, list] = {name: [] for name in sums}
         base: dict[int, tuple[list, list]] = {k: ([], []) for k in (16, 32, 64)}
-        tokens = 0
+        tokens, vocab = 0, aligned.manifests[0].settings["vocab_size"]
         with torch.inference_mode():
-            for batch in TokenStream(aligned, BATCH, shuffle=False).epoch(0):
+            for batch in TokenStream(aligned, batch_size, shuffle=False).epoch(0):
                 mask = batch.attention_mask.bool()
                 p_log = torch.log_softmax(teacher(input_ids=batch.input_ids,
                                                   attention_mask=batch.attention_mask,
-                                                  use_cache=False).logits[mask].float(), -1)
+                                                  use_cache=False).logits[mask][:, :vocab].float(), -1)
                 q = torch.softmax(student(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                          use_cache=False).logits[mask].float(), -1)
+                                          use_cache=False).logits[mask][:, :vocab].float(), -1)
                 dense = q - p_log.exp()
-                vocab = p_log.shape[1]
                 tokens += len(p_log)
                 for name, target in zip(MODES, batch.teachers):
                     listed = target.ids.clamp_min(0)
@@ -157,7 +189,7 @@ def main() -> None:
                     base[k][0].extend(torch.split(values, lengths))
                     base[k][1].extend(torch.split(ids, lengths))
         results["tokens"] = tokens
-        print(f"held-out tokens: {tokens} ({args.rows} WordNet test glosses)")
+        print(f"held-out tokens: {tokens} ({rows} WordNet test glosses), teacher {spec['model']}")
         for name, manifest in zip(MODES, aligned.manifests):
             size = sum(s.bytes for s in manifest.shards) / tokens
             report(f"{name}: bytes/token", size, TARGETS.get(name, "report"), results)
@@ -165,6 +197,12 @@ def main() -> None:
                 report(f"{name}: kl(teacher||reconstruction) nats/token", float(torch.cat(sums[name]).mean()),
                        "report; lower is better", results)
             report(f"{name}: grad error", float(torch.cat(grads[name]).mean()), "report", results)
+            sizes = id_bytes(cache, manifest, MODES[name]["mode"], manifest.settings["vocab_size"])
+            for kind in ("stored_zstd", "packed_raw", "packed_zstd"):
+                report(f"{name}: id bytes {kind.replace('_', ' ')} ({sizes['bits']} bits packed)",
+                       sizes[kind], "report", results)
+            report(f"{name}: stored ids / {sizes['bits']}-bit packed ids",
+                   sizes["stored_zstd"] / sizes["packed_raw"], "<= 1.05", results)
         for k in (16, 32, 64):
             name = f"baseline k={k}"
             values = [v.numpy() for v in base[k][0]]
@@ -177,7 +215,7 @@ def main() -> None:
             report(f"{name}: grad error", float(torch.cat(grads[name]).mean()), "report", results)
             report(f"top-k k={k}: bytes ratio ours / baseline", ours / size, "report; < 1 is smaller",
                    results)
-    save("lm_cache", results)
+    save("lm_cache" if args.teacher == "smollm2" else f"lm_cache_{args.teacher}", results)
 
 
 if __name__ == "__main__":

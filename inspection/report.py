@@ -274,6 +274,7 @@ class _TeacherStats:
                  "problems": list(self.problems.values())}
         if self.lm:
             stats["tokens"] = self.tokens.to_json()
+            stats["padded_head"] = self._padded_head(stats["tokens"]["tokens"])
             return stats
         h = self.histograms
         stats.update(mean_entropy=h["entropy"].mean, mean_margin=h["margin"].mean,
@@ -287,6 +288,17 @@ class _TeacherStats:
         if self.ranked:
             stats["ranking"] = rank_scores(self.ranked, self.labels, self.groups)
         return stats
+
+
+    def _padded_head(self, tokens: int) -> dict:
+        """Rows of the teacher's output head beyond its tokenizer (never stored) and the mass it
+        put on them: a model trained with those rows masked puts ~0 there, one that did not
+        loses that much probability to ids no text can contain."""
+        settings, entries = self.m.settings, self.entries.values()
+        rows = settings.get("head_rows", settings.get("vocab_size", 0)) - settings.get("vocab_size", 0)
+        return {"padded_rows": rows,
+                "mean_mass": sum(e.padded_mass for e in entries) / tokens if tokens else 0.0,
+                "max_mass": max((e.padded_mass_max for e in entries), default=0.0)}
 
 
 def rank_scores(scores: dict[int, float], labels: dict[int, object], groups: dict[int, str]) -> dict:

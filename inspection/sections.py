@@ -60,10 +60,13 @@ def sections(report: dict, text_width: int | None = None) -> list[Section]:
                                                    "not ranked (one candidate / no relevant)"],
                 [_ranking_row(name, r) for name, r in ranking_rows(report)]),
         Section("causal-LM tokens", ["teacher", "sequences", "tokens", "tokens/sequence",
-                                     "mean tail mass", "mean entropy (nats, tail as one token)"],
+                                     "mean tail mass", "mean entropy (nats, tail as one token)",
+                                     "padded head rows", "mass on them (mean / max)"],
                 [[t["title"], f"{k['sequences']:,}", f"{k['tokens']:,}",
                   fmt(k["tokens_per_sequence"], ".1f"), fmt(k["mean_tail_mass"]),
-                  fmt(k["mean_entropy_nats"])] for t in teachers if (k := t.get("tokens"))]),
+                  fmt(k["mean_entropy_nats"]), f"{t['padded_head']['padded_rows']:,}",
+                  f"{t['padded_head']['mean_mass']:.2g} / {t['padded_head']['max_mass']:.2g}"]
+                 for t in teachers if (k := t.get("tokens"))]),
     ]
     out += [Section(f"argmax agreement, plan {plan_id}", ["", *names],
                     [[a, *(fmt(v) for v in row)] for a, row in zip(names, matrix)])

@@ -110,6 +110,10 @@ class TeacherCache(ABC):
     def seed_base(self) -> int:
         return 0
 
+    def shard_counts(self, output, valid: np.ndarray) -> dict:
+        """Kind-specific figures of one shard recorded in its entry (besides the rows of note)."""
+        return {}
+
     def start(self) -> TeacherManifest:
         """Record the manifest (settings, fingerprint, schema) before the first shard."""
         model_settings, schema = self.describe()
@@ -182,7 +186,7 @@ class TeacherCache(ABC):
                              f"{self.cache.teacher_dir(donor)} and re-run `distill cache`")
         return self.cache.write_shard(self.teacher_id, index, self._with_metadata(table, index),
                                       compression=self.compression, first_row=entry.first_row,
-                                      truncated=entry.truncated, nonfinite=entry.nonfinite)
+                                      **entry.counts())
 
     def compute(self, index: int, on_rows: Callable[[int], None] | None = None) -> ShardEntry:
         """Run the teacher over plan shard `index` and publish the result."""
@@ -203,7 +207,8 @@ class TeacherCache(ABC):
         return self.cache.write_shard(self.teacher_id, index, table, compression=self.compression,
                                       first_row=self.plan.shards[index].first_row,
                                       truncated=int(output.truncated.sum()),
-                                      nonfinite=int((~valid).sum()))
+                                      nonfinite=int((~valid).sum()),
+                                      **self.shard_counts(output, valid))
 
     def finalize(self) -> TeacherManifest:
         return self.cache.finalize(self.teacher_id, self.plan)

@@ -254,6 +254,11 @@ class TrainConfig(Strict):
     ce_weight: float = Field(0.0, ge=0, le=1, description="causal-LM students: loss = (1 − w)·"
                                                           "distillation + w·cross-entropy on the "
                                                           "cached text")
+    pack: bool = Field(False, description="causal-LM students: pack each batch's texts into blocks "
+                                          "of `student.max_length` tokens (positions restart and "
+                                          "no token attends to another text), so less padding is "
+                                          "computed; per-token losses are those of the unpacked "
+                                          "batch (see [causal-lm.md](causal-lm.md#sequence-packing))")
     output: str = Field("runs/student", description="the run folder: each method's student, report "
                                                     "and checkpoints go to `OUTPUT/METHOD/` (a "
                                                     "continual run writes `OUTPUT/student`, "

@@ -13,8 +13,11 @@ follows; 0 at the last token), `truncated bool`, and per mode
   under 200 bytes;
 - sampled: `draw_ids list<list<uint16>>` (unique ids drawn at each token, ascending) and
   `draw_counts list<list<uint8>>` (how often each was drawn, summing to `lm.samples`).
-Ids are uint32 for vocabularies above 65,536. Shards are zstd-compressed Arrow IPC: sparse ids
-and log-probs shrink by a fifth to a half, unlike dense logits.
+Ids are uint32 for vocabularies above 65,536. The vocabulary is the tokenizer's (its largest id
++ 1): rows a padded output head has beyond it are never stored; each shard entry counts the
+mass the teacher put on them (`padded_mass`, summed over tokens, and `padded_mass_max`).
+Shards are zstd-compressed Arrow IPC: sparse ids and log-probs shrink by a fifth to a half,
+unlike dense logits.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import pyarrow as pa
 from distill.pipeline.caching import TeacherCache
 from distill.pipeline.config import ConfigError
 from distill.pipeline.lm_runner import LMShardOutput
-from distill.pipeline.vocab import id_dtype, vocab_fingerprint
+from distill.pipeline.vocab import id_dtype, padded_rows, tokenizer_size, vocab_fingerprint
 from distill.storage.columns import fixed_rows, nested
 from distill.storage.lm_tokens import CODES_PER_NAT, encode_logprobs
 
@@ -39,12 +42,14 @@ class CausalLMCache(TeacherCache):
 
         model_dir = self.identity.model_dir
         trusted = {"local_files_only": True, "trust_remote_code": self.config.trust_remote_code}
-        vocab = AutoConfig.from_pretrained(model_dir, **trusted).vocab_size
+        head_rows = AutoConfig.from_pretrained(model_dir, **trusted).vocab_size
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, **trusted)
+        vocab = tokenizer_size(tokenizer)
+        padded_rows(head_rows, vocab, f"teachers[{self.config.name}] ({self.config.model})")
         lm = self.config.lm
         if lm.mode == "top-k" and lm.k > vocab:
             raise ConfigError(f"teachers[{self.config.name}].lm.k is {lm.k}, but {self.config.model} "
                               f"has a vocabulary of {vocab} tokens; use k <= {vocab}")
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, **trusted)
         ids = pa.from_numpy_dtype(id_dtype(vocab))
         fields = [("sample_id", pa.int64()), ("input_ids", pa.list_(ids)), ("truncated", pa.bool_()),
                   ("next_logprob", pa.list_(pa.float16()))]
@@ -54,13 +59,17 @@ class CausalLMCache(TeacherCache):
                        ("tail_logmass", pa.list_(pa.float16()))]
         else:
             fields += [("draw_ids", pa.list_(pa.list_(ids))), ("draw_counts", pa.list_(pa.list_(pa.uint8())))]
-        settings = {"vocab_size": vocab, "vocab_sha256": vocab_fingerprint(tokenizer)}
+        settings = {"vocab_size": vocab, "head_rows": head_rows, "vocab_sha256": vocab_fingerprint(tokenizer)}
         if lm.mode == "top-k":
             settings["topk_logprob_codes"] = f"log p = -code / {CODES_PER_NAT}"
         return settings, pa.schema(fields)
 
     def seed_base(self) -> int:
         return self.config.lm.seed
+
+    def shard_counts(self, out: LMShardOutput, valid: np.ndarray) -> dict:
+        mass = out.padded_mass[np.repeat(valid, out.lengths)].astype(np.float64)
+        return {"padded_mass": float(mass.sum()), "padded_mass_max": float(mass.max(initial=0.0))}
 
     def columns(self, out: LMShardOutput, valid: np.ndarray) -> dict[str, pa.Array]:
         """Rows whose distribution was not finite (on_nonfinite: skip) keep their tokens but

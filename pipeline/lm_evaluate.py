@@ -16,10 +16,26 @@ import torch
 
 from distill.pipeline.lm_losses import next_token_ce, sparse_kl
 from distill.pipeline.lm_methods import TokenMean
-from distill.pipeline.lm_reader import TokenStream
+from distill.pipeline.lm_reader import TokenBatch, TokenStream
 from distill.pipeline.lm_targets import align
 
 EVAL_TOKENS = 16384
+
+
+def student_logits(model, batch: TokenBatch) -> torch.Tensor:
+    """[N, V] the student's logits at the batch's real tokens over the teachers' vocabulary: the
+    rows a padded output head has beyond it are cut off, so the student's distribution (and its
+    training) is over real tokens only. A packed batch runs as its blocks, with no attention
+    mask: transformers builds the block-diagonal causal mask from the restarting positions."""
+    if batch.packed is not None:
+        packed = batch.packed
+        logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                       use_cache=False).logits.flatten(0, 1)[packed.index]
+    else:
+        mask = batch.attention_mask.bool()
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       use_cache=False).logits[mask]
+    return logits[:, :batch.teachers[0].vocab].float()
 
 
 @torch.inference_mode()
@@ -30,8 +46,7 @@ def evaluate_lm(model, stream: TokenStream, temperature: float, max_tokens: int 
     kl = agree = tokens = nll = teacher_nll = next_tokens = 0.0
     for batch in stream.epoch(0):
         batch = batch.to(device)
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       use_cache=False).logits[batch.attention_mask.bool()].float()
+        logits = student_logits(model, batch)
         aligned = align(batch.teachers)
         probs, tail, _ = mean.target(logits, aligned)
         covered = aligned.valid.any(1)

@@ -21,6 +21,53 @@ from distill.storage.records import CacheError, TeacherManifest
 
 
 @dataclass
+class Packed:
+    """A batch's texts packed into blocks: `input_ids`/`position_ids` [P, W], positions restarting
+    at 0 for every text (and for the padding closing a block, so it forms a text of its own),
+    and `index` [N], where each real token of the unpacked batch lies in the flattened blocks
+    (the batch's token order, so every token-level tensor stays as it is)."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    index: torch.Tensor
+
+    @property
+    def padding(self) -> float:
+        return 1 - len(self.index) / self.input_ids.numel()
+
+    def to(self, device) -> "Packed":
+        return Packed(self.input_ids.to(device), self.position_ids.to(device), self.index.to(device))
+
+
+def pack_rows(ids: np.ndarray, lengths: np.ndarray, block: int) -> Packed:
+    """First-fit decreasing: longest texts first, each into the first block it still fits in (a
+    text longer than `block` gets a block of its own); blocks are as wide as the fullest."""
+    fill: list[int] = []
+    where = np.zeros(len(lengths), dtype=np.int64)       # block of each text
+    offset = np.zeros(len(lengths), dtype=np.int64)      # its first position there
+    for r in np.argsort(-lengths, kind="stable"):
+        n = int(lengths[r])
+        b = next((b for b, used in enumerate(fill) if used + n <= block), len(fill))
+        if b == len(fill):
+            fill.append(0)
+        where[r], offset[r] = b, fill[b]
+        fill[b] += n
+    width = max(fill, default=1)
+    starts = np.cumsum(lengths) - lengths
+    inside = np.arange(len(ids)) - np.repeat(starts, lengths)            # position within its text
+    flat = np.repeat(where * width + offset, lengths) + inside
+    packed = np.zeros(len(fill) * width, dtype=np.int64)
+    positions = np.arange(len(fill) * width) % width
+    tail_start = np.repeat(np.array(fill), width)                        # padding: its own text
+    positions = np.where(positions >= tail_start, positions - tail_start, positions)
+    positions[flat] = inside
+    packed[flat] = ids
+    shape = (len(fill), width)
+    return Packed(torch.from_numpy(packed.reshape(shape)), torch.from_numpy(positions.reshape(shape)),
+                  torch.from_numpy(flat))
+
+
+@dataclass
 class TokenBatch:
     """B texts padded to their longest; token-level tensors run over the N real tokens in row
     order (the positions `input_ids[attention_mask.bool()]` picks)."""
@@ -32,6 +79,7 @@ class TokenBatch:
     next_logprob: torch.Tensor       # [N, K] each teacher's log p(following token)
     has_next: torch.Tensor           # [N] bool, False at each text's last token
     weights: torch.Tensor            # [B] 1, or 0 for rows that only pad a rank's last batch
+    packed: Packed | None = None     # train.pack: the same texts in blocks, for the student
 
     @property
     def token_weights(self) -> torch.Tensor:
@@ -48,12 +96,16 @@ class TokenBatch:
                        attention_mask=self.attention_mask.to(device),
                        teachers=[t.to(device) for t in self.teachers],
                        next_logprob=self.next_logprob.to(device), has_next=self.has_next.to(device),
-                       weights=self.weights.to(device))
+                       weights=self.weights.to(device),
+                       packed=self.packed.to(device) if self.packed is not None else None)
 
 
 class TokenStream(CacheStream):
-    def __init__(self, aligned, batch_size: int, **options):
+    """`pack`: the block length (tokens) to pack each batch's texts into, or None."""
+
+    def __init__(self, aligned, batch_size: int, pack: int | None = None, **options):
         super().__init__(aligned, None, batch_size, **options)
+        self.pack = pack
 
     def _make_batch(self, texts, sample_ids, per_teacher, weights) -> TokenBatch:
         tables = [_in_batch_order(parts) for parts in per_teacher]
@@ -76,7 +128,8 @@ class TokenStream(CacheStream):
                           attention_mask=torch.from_numpy(mask.astype(np.int64)),
                           teachers=[t for t, _ in targets],
                           next_logprob=torch.stack([n for _, n in targets], 1),
-                          has_next=torch.from_numpy(has_next), weights=weights)
+                          has_next=torch.from_numpy(has_next), weights=weights,
+                          packed=pack_rows(ids, lengths, self.pack) if self.pack else None)
 
 
 def _in_batch_order(parts: list[tuple[np.ndarray, pa.Table]]) -> pa.Table:

@@ -8,11 +8,16 @@ the teacher's log-probability of the token that actually follows, so perplexitie
 compared later without the teacher.
 
 The vocabulary-wide work runs on chunks of positions: the decoder body runs once per batch, then
-the output head, logsumexp, top-k and sampling see at most `CHUNK_TOKENS` positions at a time,
-so no [batch, length, vocab] logit or log-softmax tensor is ever built (with 150k-token
-vocabularies and long texts it would not fit). This assumes the head is the plain output
-embedding (true for Llama, Mistral, Qwen, GPT-2, ...); models that post-process logits (soft
-caps, scales) would need their own head here.
+the output head, logsumexp, top-k and sampling see at most `chunk_positions(V)` positions at a
+time (about `CHUNK_ELEMENTS` logits: 64 positions at a 262,144-token vocabulary), cutting long
+rows into pieces, so no [batch, length, vocab] logit or log-softmax tensor is ever built (at
+batch 8 x 512 and 262k ids it would be 4 GiB). This assumes the head is the output embedding,
+optionally soft-capped (`final_logit_softcapping`, Gemma 2); models that post-process logits
+otherwise would need their own head here.
+
+Padded heads (more rows than the tokenizer has ids): the padded rows' logits are cut off before
+anything is normalised, so stored log-probabilities, tails and draws are over real tokens only;
+the mass the full softmax put on them is returned per token (`padded_mass`) to be reported.
 """
 
 from __future__ import annotations
@@ -27,8 +32,15 @@ import torch
 
 from distill.pipeline.config import TeacherConfig
 from distill.pipeline.runner import autocast, encode_longest_first, pick_device
+from distill.pipeline.vocab import padded_rows, tokenizer_size
 
-CHUNK_TOKENS = 256
+CHUNK_ELEMENTS = 2 ** 24  # logits per head chunk: 64 MiB of float32
+
+
+def chunk_positions(vocab: int) -> int:
+    """Positions per head chunk: peak memory stays near 2 x CHUNK_ELEMENTS floats at any
+    vocabulary size (the logits and one temporary of the same shape)."""
+    return max(1, CHUNK_ELEMENTS // vocab)
 
 
 @dataclass
@@ -52,6 +64,7 @@ class LMShardOutput:
     draw_counts: np.ndarray | None = None
     draw_lengths: np.ndarray | None = None
     finite: np.ndarray | None = None     # [tokens] bool: the teacher's distribution was finite
+    padded_mass: np.ndarray | None = None  # [tokens] probability on padded head rows (0 if none)
 
     def finite_rows(self) -> np.ndarray:
         starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
@@ -80,7 +93,10 @@ class CausalLMRunner:
         self.model, self.tokenizer = load_causal_lm(model_dir, self.device, config.trust_remote_code)
         self.body = self.model.get_decoder()
         self.head = self.model.get_output_embeddings()
-        self.vocab_size = self.head.weight.shape[0]
+        self.vocab_size = tokenizer_size(self.tokenizer)
+        self.padded = padded_rows(self.head.weight.shape[0], self.vocab_size,
+                                  f"teachers[{config.name}] ({config.model})")
+        self.softcap = getattr(self.model.config, "final_logit_softcapping", None)
         self._lock = threading.Lock()
 
     def run(self, texts: list[str], seed: int = 0,
@@ -104,59 +120,79 @@ class CausalLMRunner:
 
     @torch.inference_mode()
     def _forward(self, batch, row_seeds: list[int]) -> list[dict]:
-        """Per row of the batch, its targets; rows are processed in groups of at most
-        CHUNK_TOKENS tokens (a single longer row is its own group)."""
+        """Per row of the batch, its targets. Rows are cut into pieces of at most
+        `chunk_positions` tokens and the pieces grouped into head chunks of at most that many."""
         with autocast(self.device, self.config.dtype):
             hidden = self.body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                use_cache=False).last_hidden_state
+        input_ids = batch["input_ids"]
         lengths = batch["attention_mask"].sum(1).tolist()
-        results, group = [], []
-        for r, n in enumerate(lengths):
-            if group and sum(lengths[g] for g in group) + n > CHUNK_TOKENS:
-                results += self._targets(hidden, batch["input_ids"], group, lengths, row_seeds)
+        size = chunk_positions(self.vocab_size + self.padded)
+        pieces = [(r, a, min(a + size, n)) for r, n in enumerate(lengths) for a in range(0, n, size)]
+        parts, group = [], []
+        for piece in pieces:
+            if group and sum(b - a for _, a, b in group) + piece[2] - piece[1] > size:
+                parts += self._targets(hidden, input_ids, group, row_seeds, size)
                 group = []
-            group.append(r)
-        return results + self._targets(hidden, batch["input_ids"], group, lengths, row_seeds)
+            group.append(piece)
+        parts += self._targets(hidden, input_ids, group, row_seeds, size)
+        rows = []
+        for r, n in enumerate(lengths):
+            mine = [part for (row, _, _), part in zip(pieces, parts) if row == r]
+            row = {name: torch.cat([part[name] for part in mine]) for name in mine[0]}
+            row["next_logprob"][-1] = 0.0
+            row["input_ids"] = input_ids[r, :n]
+            rows.append({name: value.cpu().numpy() for name, value in row.items()})
+        return rows
 
-    def _targets(self, hidden, input_ids, group: list[int], lengths: list[int], seeds) -> list[dict]:
+    def _targets(self, hidden, input_ids, group: list[tuple[int, int, int]], seeds, size) -> list[dict]:
+        """Targets of each piece (row r, positions a..b) of one head chunk."""
         lm = self.config.lm
-        states = torch.cat([hidden[r, :lengths[r]] for r in group])
+        states = torch.cat([hidden[r, a:b] for r, a, b in group])
+        following = torch.cat([torch.cat([input_ids[r, a + 1:b + 1], input_ids.new_zeros(1)])[:b - a]
+                               for r, a, b in group])
         with autocast(self.device, self.config.dtype):
-            logits = self.head(states).float()                       # [tokens, V] for this group
-        following = torch.cat([torch.cat([input_ids[r, 1:lengths[r]], input_ids.new_zeros(1)])
-                               for r in group])
-        log_z = logits.logsumexp(-1)
+            logits = self.head(states).float()                       # [tokens, rows] for this chunk
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        log_z = logits[:, :self.vocab_size].logsumexp(-1)
+        if self.padded:
+            padded_logz = logits[:, self.vocab_size:].logsumexp(-1)
+            padded_mass = torch.exp(padded_logz - torch.logaddexp(log_z, padded_logz))
+            logits = logits[:, :self.vocab_size]
+        else:
+            padded_mass = torch.zeros_like(log_z)
         next_logprob = logits.gather(-1, following[:, None])[:, 0] - log_z
         scaled = logits / lm.temperature if lm.temperature != 1.0 else logits
         log_z_t = scaled.logsumexp(-1) if lm.temperature != 1.0 else log_z
         finite = torch.isfinite(log_z_t)
         if lm.mode == "top-k":
             values, ids = scaled.topk(lm.k, dim=-1)
-            tail = scaled.scatter(-1, ids, float("-inf")).logsumexp(-1) - log_z_t
+            tail = scaled.scatter_(-1, ids, float("-inf")).logsumexp(-1) - log_z_t  # logits are spent
             parts = {"topk_ids": ids, "topk_logprobs": values - log_z_t[:, None], "tail_logmass": tail}
         else:
-            probs = torch.where(finite[:, None], torch.exp(scaled - log_z_t[:, None]), 1.0)
-            parts = {"draws": self._draw(probs, group, lengths, seeds)}
+            probs = scaled.sub_(log_z_t[:, None]).exp_()                            # in place, as above
+            probs[~finite] = 1.0
+            parts = {"draws": self._draw(probs, group, seeds, size)}
+        parts.update(finite=finite, next_logprob=next_logprob, padded_mass=padded_mass)
         out, start = [], 0
-        for r in group:
-            end = start + lengths[r]
-            row = {name: value[start:end] for name, value in parts.items()}
-            row.update(input_ids=input_ids[r, :lengths[r]], finite=finite[start:end],
-                       next_logprob=torch.cat([next_logprob[start:end - 1], next_logprob.new_zeros(1)]))
-            out.append({name: value.cpu().numpy() for name, value in row.items()})
-            start = end
+        for _, a, b in group:
+            out.append({name: value[start:start + b - a] for name, value in parts.items()})
+            start += b - a
         return out
 
-    def _draw(self, probs: torch.Tensor, group, lengths, seeds) -> torch.Tensor:
-        """[tokens, N] draws; each row from its own generator seeded by (shard seed, row), so a
-        row's draws do not depend on the batch it happened to land in."""
+    def _draw(self, probs: torch.Tensor, group, seeds, size) -> torch.Tensor:
+        """[tokens, N] draws; each piece from its own generator seeded by (shard seed, row,
+        piece index), so a row's draws do not depend on the batch it happened to land in (a
+        row's first piece uses the row's seed itself)."""
         generator = torch.Generator(device=probs.device)
         draws, start = [], 0
-        for r in group:
-            generator.manual_seed(seeds[r])
-            draws.append(torch.multinomial(probs[start:start + lengths[r]], self.config.lm.samples,
+        for r, a, b in group:
+            piece = a // size
+            generator.manual_seed(seeds[r] if piece == 0 else (seeds[r] * 1_000_003 + piece) % 2 ** 63)
+            draws.append(torch.multinomial(probs[start:start + b - a], self.config.lm.samples,
                                            replacement=True, generator=generator))
-            start += lengths[r]
+            start += b - a
         return torch.cat(draws)
 
     def _assemble(self, rows: list[dict], lengths: np.ndarray, truncated: np.ndarray) -> LMShardOutput:
@@ -164,7 +200,8 @@ class CausalLMRunner:
             return np.concatenate([row[name] for row in rows])
 
         fields = {"input_ids": cat("input_ids"), "lengths": lengths, "truncated": truncated,
-                  "next_logprob": cat("next_logprob"), "finite": cat("finite")}
+                  "next_logprob": cat("next_logprob"), "finite": cat("finite"),
+                  "padded_mass": cat("padded_mass")}
         if self.config.lm.mode == "top-k":
             fields.update(topk_ids=cat("topk_ids"), topk_logprobs=cat("topk_logprobs"),
                           tail_logmass=cat("tail_logmass"))

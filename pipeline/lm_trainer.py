@@ -9,15 +9,17 @@ vocabulary, checked by fingerprint before any training.
 
 from __future__ import annotations
 
+import torch
+
 from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig
-from distill.pipeline.lm_evaluate import evaluate_lm
+from distill.pipeline.lm_evaluate import evaluate_lm, student_logits
 from distill.pipeline.lm_losses import next_token_ce
 from distill.pipeline.lm_methods import make_token_method
 from distill.pipeline.lm_reader import TokenBatch, TokenStream
 from distill.pipeline.methods.base import MethodOutput
 from distill.pipeline.student import build_lm_student
 from distill.pipeline.trainer import Recipe, open_eval_caches, student_source
-from distill.pipeline.vocab import check_same_vocabulary, vocab_fingerprint
+from distill.pipeline.vocab import check_same_vocabulary, padded_rows, tokenizer_size, vocab_fingerprint
 from distill.storage.aligned import AlignedCache
 
 
@@ -40,9 +42,7 @@ def cached_temperature(config: DistillConfig, aligned: AlignedCache) -> float:
 
 def token_loss(model, method, batch: TokenBatch, device, ce_weight: float) -> MethodOutput:
     batch = batch.to(device)
-    mask = batch.attention_mask.bool()
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   use_cache=False).logits[mask].float()
+    logits = student_logits(model, batch)
     weights = batch.token_weights
     result = method(logits, batch.teachers, weights)
     if ce_weight:
@@ -50,6 +50,25 @@ def token_loss(model, method, batch: TokenBatch, device, ce_weight: float) -> Me
         result = MethodOutput((1 - ce_weight) * result.loss + ce_weight * ce,
                               {**result.metrics, "kd": result.loss.item(), "ce": ce.item()})
     return result
+
+
+def check_packing(model, vocab: int, where: str) -> None:
+    """Refuse packing for a student that would attend across packed texts: the second of two
+    texts must get the same logits alone and packed behind the first (a model whose attention
+    ignores restarting positions would let it see the first one)."""
+    ids = torch.arange(12) * 7 % vocab
+    second = ids[5:]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        alone = model(input_ids=second[None], use_cache=False).logits[0]
+        packed = model(input_ids=ids[None], position_ids=torch.cat([torch.arange(5), torch.arange(7)])[None],
+                       use_cache=False).logits[0, 5:]
+    model.train(was_training)
+    if not torch.allclose(alone, packed, atol=1e-4, rtol=1e-4):
+        raise ConfigError(f"{where}: the student ({type(model).__name__}) lets packed texts attend "
+                          f"to each other (logits differ by up to {(alone - packed).abs().max():.3g}); "
+                          "set train.pack: false for it")
 
 
 def lm_recipe(config: DistillConfig, aligned: AlignedCache, method: str, accelerator) -> Recipe:
@@ -61,11 +80,16 @@ def lm_recipe(config: DistillConfig, aligned: AlignedCache, method: str, acceler
     source, layers, pick = student_source(config)
     model, tokenizer = build_lm_student(source, layers, pick)
     vocabularies = {f"teacher {m.name}": m.settings for m in aligned.manifests}
-    vocabularies["the student"] = {"vocab_size": model.get_output_embeddings().weight.shape[0],
-                                   "vocab_sha256": vocab_fingerprint(tokenizer)}
+    vocab = tokenizer_size(tokenizer)
+    padded_rows(model.get_output_embeddings().weight.shape[0], vocab, f"{config.source}: the student")
+    vocabularies["the student"] = {"vocab_size": vocab, "vocab_sha256": vocab_fingerprint(tokenizer)}
     check_same_vocabulary(vocabularies, config.source)
     ensemble = make_token_method(method, temperature, **train_cfg.method_options)
-    stream = TokenStream(aligned, train_cfg.batch_size, seed=train_cfg.seed,
+    block = None
+    if train_cfg.pack:
+        block = config.student.max_length
+        check_packing(model, vocab, f"{config.source}: train.pack")
+    stream = TokenStream(aligned, train_cfg.batch_size, pack=block, seed=train_cfg.seed,
                          buffer_shards=train_cfg.shuffle_buffer_shards,
                          rank=accelerator.process_index, world=accelerator.num_processes)
     held_out = TokenStream(open_eval_caches(config) if config.eval else aligned,

@@ -271,6 +271,9 @@ def train(config: DistillConfig, *, method: str | None = None, resume: bool = Fa
         from distill.pipeline.lm_trainer import lm_recipe
 
         recipe = lm_recipe(config, aligned, method_name, accelerator)
+    elif train_cfg.pack:
+        raise ConfigError(f"{config.source}: train.pack packs token sequences for causal-LM "
+                          "students; remove it for classification teachers")
     else:
         recipe = classification_recipe(config, aligned, method_name, accelerator)
     stream = recipe.stream

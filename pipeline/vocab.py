@@ -22,6 +22,24 @@ def vocab_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
 
 
+def tokenizer_size(tokenizer) -> int:
+    """How many token ids the tokenizer can produce (its largest id + 1, added tokens included):
+    the vocabulary that caches store and students train on, whatever the output head's size."""
+    return max(tokenizer.get_vocab().values()) + 1
+
+
+def padded_rows(head_rows: int, vocab_size: int, who: str) -> int:
+    """Rows of an output head beyond the tokenizer's ids (heads are often padded to a multiple
+    of 64 or 128: Qwen2 has 152,064 rows for 151,936 ids). Those rows never stand for a token, so
+    caches leave them out and students are not trained on them; a head with fewer rows than
+    the tokenizer has ids cannot score every token and is refused."""
+    if head_rows < vocab_size:
+        raise ConfigError(f"{who}: its output head has {head_rows} rows but its tokenizer has "
+                          f"{vocab_size} token ids, so some tokens have no logit; give it the "
+                          "tokenizer it was trained with")
+    return head_rows - vocab_size
+
+
 def id_dtype(vocab_size: int) -> np.dtype:
     """uint16 while every id fits (vocabularies up to 65,536 tokens), else uint32."""
     return np.dtype(np.uint16) if vocab_size <= 2 ** 16 else np.dtype(np.uint32)

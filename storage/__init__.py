@@ -4,7 +4,7 @@ This package must stay importable without torch or transformers, so that a cache
 inspected on any laptop.
 """
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped whenever the on-disk layout or a column's meaning changes; part of every id."""
 
 

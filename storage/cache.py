@@ -210,7 +210,7 @@ class Cache:
         return None
 
     def write_shard(self, teacher_id: str, index: int, table: pa.Table,
-                    compression: str | None = None, **counts: int) -> ShardEntry:
+                    compression: str | None = None, **counts: int | float) -> ShardEntry:
         """Publish one teacher shard: the Arrow file first, then its entry."""
         folder = self.teacher_dir(teacher_id)
         written = write_table(self.fs, join(folder, shard_file(index)), table, compression)

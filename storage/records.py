@@ -86,7 +86,9 @@ class DamagedShard(CacheError):
 
 
 class ShardEntry(Record):
-    """One published shard. For teachers, `truncated`/`nonfinite` count rows of note."""
+    """One published shard. For teachers, `truncated`/`nonfinite` count rows of note;
+    causal-LM teachers with a padded output head record the probability their valid tokens put
+    on the padded rows (`padded_mass` summed over tokens, `padded_mass_max` the largest)."""
 
     index: int
     file: FileName
@@ -96,6 +98,13 @@ class ShardEntry(Record):
     first_row: int = 0
     truncated: int = 0
     nonfinite: int = 0
+    padded_mass: float = 0.0
+    padded_mass_max: float = 0.0
+
+    def counts(self) -> dict:
+        """What a copy of this shard's entry keeps besides the file: its figures of note."""
+        return {"truncated": self.truncated, "nonfinite": self.nonfinite,
+                "padded_mass": self.padded_mass, "padded_mass_max": self.padded_mass_max}
 
     @model_validator(mode="after")
     def _file_is_its_index(self) -> "ShardEntry":

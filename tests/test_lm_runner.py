@@ -44,7 +44,7 @@ def model(tmp_path_factory):
 
 
 def test_top_k_matches_the_full_log_softmax_in_plan_order(model, monkeypatch):
-    monkeypatch.setattr(lm_runner, "CHUNK_TOKENS", 9)       # several head chunks per batch
+    monkeypatch.setattr(lm_runner, "CHUNK_ELEMENTS", 9 * VOCAB)  # 9 positions: rows cut in pieces
     out = _runner(model, mode="top-k", k=4, temperature=2.0).run(TEXTS)
     reference = _reference(model, TEXTS, temperature=2.0)
     plain = _reference(model, TEXTS)

@@ -53,17 +53,26 @@ def classifier(path: Path, num_labels: int = 4, seed: int = 0, layers: int = 2,
     return path
 
 
-def causal_lm(path: Path, seed: int = 0, layers: int = 3, words: tuple[str, ...] = WORDS) -> Path:
+def causal_lm(path: Path, seed: int = 0, layers: int = 3, words: tuple[str, ...] = WORDS,
+              head_rows: int | None = None, hidden: int = 32, max_length: int = 64) -> Path:
     """Save a tiny Llama causal LM (random weights from `seed`, peaked enough that top-k lists
-    matter) with the tiny tokenizer; other `words` give another vocabulary of the same size."""
+    matter) with the tiny tokenizer; other `words` give another vocabulary of the same size.
+    `head_rows` above the tokenizer's len(words) + 5 ids gives a padded output head."""
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(words) + 5, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=64, initializer_range=0.3, pad_token_id=0,
+    config = LlamaConfig(vocab_size=head_rows or len(words) + 5, hidden_size=hidden,
+                         intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=max_length, initializer_range=0.3, pad_token_id=0,
                          bos_token_id=2, eos_token_id=3)
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer(words).save_pretrained(path)
     return path
+
+
+def big_vocabulary(size: int) -> tuple[str, ...]:
+    """WORDS followed by generated filler words, so that the tiny tokenizer has `size` ids (the
+    texts of `sentences` still tokenize to real words)."""
+    return (*WORDS, *(f"w{i}" for i in range(size - len(WORDS) - 5)))
 
 
 def sentences(n: int, seed: int = 0, min_words: int = 2, max_words: int = 12) -> list[str]:
