@@ -73,8 +73,8 @@ def _denied(location: str, error: PermissionError) -> None:
     """Object stores answer wrong or missing credentials with PermissionError (s3fs: Forbidden,
     with no errno); the operating system's own carries an errno and the local file it refused."""
     if isinstance(error.errno, int) and error.filename:
-        _fail(f"{error.filename}: permission denied ({error.strerror}); check that this user may "
-              "write there (owner and mode of the file and its folder)")
+        _fail(f"{error.filename}: permission denied ({error.strerror}); check that this user "
+              f"(uid {os.getuid()}) may read and write it (owner and mode of the file and its folder)")
     _fail(f"{location}: access denied ({error}); check the credentials the store expects "
           "(for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL or a profile)")
 
