@@ -23,9 +23,9 @@ from distill.flows.progress import RichReporter, reporting
 from distill.flows.tables import print_cache_summary
 from distill.flows.training import train_student
 from distill.pipeline import demo
+from distill.pipeline.caches import open_caches
 from distill.pipeline.config import load_config
 from distill.pipeline.flops import flops_ratio
-from distill.pipeline.trainer import open_caches
 from distill.storage.columns import to_matrix
 from distill.storage.inspect import probabilities
 

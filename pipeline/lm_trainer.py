@@ -9,6 +9,7 @@ vocabulary, checked by fingerprint before any training.
 
 from __future__ import annotations
 
+from distill.pipeline.caches import open_eval_caches
 from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig
 from distill.pipeline.lm_evaluate import evaluate_lm
 from distill.pipeline.lm_losses import next_token_ce
@@ -16,7 +17,7 @@ from distill.pipeline.lm_methods import make_token_method
 from distill.pipeline.lm_reader import TokenBatch, TokenStream
 from distill.pipeline.methods.base import MethodOutput
 from distill.pipeline.student import build_lm_student
-from distill.pipeline.trainer import Recipe, open_eval_caches, student_source
+from distill.pipeline.trainer import Recipe, student_source
 from distill.pipeline.vocab import check_same_vocabulary, vocab_fingerprint
 from distill.storage.aligned import AlignedCache
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from distill.pipeline.caches import open_caches
 from distill.pipeline.config import ConfigError, ContinualConfig, DistillConfig, TrainConfig
 from distill.pipeline.continual.loss import cdl_loss
 from distill.pipeline.continual.prompts import MappedPrompts, PromptPool
@@ -42,7 +43,7 @@ from distill.pipeline.evaluate import predict, read_labelled
 from distill.pipeline.labels import LabelSpace, build_label_space
 from distill.pipeline.reader import CacheStream, prefetch
 from distill.pipeline.student import build_student
-from distill.pipeline.trainer import Progress, open_caches, source_label_map, student_source, teacher_batch_to
+from distill.pipeline.trainer import Progress, source_label_map, student_source, teacher_batch_to
 from distill.storage.records import CacheError
 
 
