@@ -11,8 +11,8 @@
   --runners      the per-flow overhead of the threads, Ray and Dask runners: local cluster and
                  an existing one, first and second run, over the threads runner's time.
 
-Every section runs the real CLI in subprocesses; peak RSS is the child's own
-(resource.getrusage(RUSAGE_CHILDREN) after it exits, one child at a time). Sizes are flags, so
+Every section runs the real CLI in subprocesses; peak RSS is the command's own process
+(getrusage(RUSAGE_SELF) at its exit, written by a wrapper that runs the module). Sizes are flags, so
 the issue's sizes run by default and a quick check can run small ones.
 
 Run: python bench/scale.py [--fixed-cost] [--growth] [--planning] [--runners] [--rows N] [--repeats R]
@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -116,10 +115,8 @@ def make_project(folder: Path, rows: int, rows_per_shard: int = 4096) -> Path:
 
 def run_child(args: list[str], env: dict | None = None, watch: Path | None = None,
               cwd: Path | None = None) -> dict:
-    """Run one child to its end: wall seconds, its peak RSS (MiB) and, with `watch`, seconds
-    until the first shard entry (shard-*.json, written last when a shard is published)
-    appears under that folder."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run one child to its end: wall seconds and, with `watch`, seconds until the first shard
+    entry (shard-*.json, written last when a shard is published) appears under that folder."""
     start = time.perf_counter()
     proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = None
@@ -131,26 +128,7 @@ def run_child(args: list[str], env: dict | None = None, watch: Path | None = Non
     err = proc.stderr.read().decode()
     if proc.returncode != 0:
         raise RuntimeError(f"{args}: exit {proc.returncode}: {err[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of RUSAGE_CHILDREN is the largest of all children so far: one child at a time,
-    # and a child larger than every earlier one is the only one it can report exactly.
-    return {"wall": wall, "first_shard": first, "peak_mib": peak / 1024 if peak > before else None}
-
-
-def peak_rss_mib(args: list[str], cwd: Path | None = None, env: dict | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one child, measured by the child itself through a
-    wrapper (`getrusage(RUSAGE_CHILDREN)` of a fresh process that runs just it), so earlier
-    children of this process do not mask it."""
-    wrapper = ("import resource, subprocess, sys, time; s = time.perf_counter(); "
-               "r = subprocess.run(sys.argv[1:]); w = time.perf_counter() - s; "
-               "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); "
-               "sys.exit(r.returncode)")
-    done = subprocess.run([sys.executable, "-c", wrapper, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{args}: exit {done.returncode}: {done.stderr[-2000:]}")
-    wall, peak = done.stdout.split()[-2:]
-    return float(wall), float(peak)
+    return {"wall": wall, "first_shard": first}
 
 
 def cli(*args: str) -> list[str]:
