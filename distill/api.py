@@ -104,7 +104,7 @@ def _aligned(source, teacher: str):
     from distill.storage.records import CacheError
 
     if isinstance(source, DistillConfig) or str(source).endswith((".yaml", ".yml")):
-        from distill.pipeline.trainer import open_caches
+        from distill.pipeline.caches import open_caches
 
         config = _config(source)
         names = [t.name for t in config.teachers]

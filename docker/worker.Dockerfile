@@ -21,11 +21,11 @@ COPY storage ./storage
 COPY inspection ./inspection
 COPY pipeline ./pipeline
 COPY flows ./flows
-# The project with its [ml] extra (its version pins live in pyproject.toml, which hadolint's
-# DL3013 cannot read), and s3fs so that caches can live on S3 (`cache: s3://bucket/prefix`; it
-# follows AWS_ENDPOINT_URL).
+# The project with its [ml] extra and the [ray] and [dask] task runners (`runner.kind`; their
+# version pins live in pyproject.toml, which hadolint's DL3013 cannot read), and s3fs so that
+# caches can live on S3 (`cache: s3://bucket/prefix`; it follows AWS_ENDPOINT_URL).
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir '.[ml]' 's3fs==2026.9.0'
+RUN pip install --no-cache-dir '.[ml,ray,dask]' 's3fs==2026.9.0'
 
 # An unprivileged user; compose mounts training output on /runs.
 RUN groupadd --gid 10001 distill \

@@ -10,7 +10,6 @@ import re
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from distill.inspection.plots import loss_curve
 from distill.inspection.report import inspect_cache
 from distill.inspection.sections import sections
 from distill.pipeline.report import markdown, scalar_metrics
@@ -91,6 +90,8 @@ def publish_training(report: dict) -> None:
                                  for k, v in rows.items()])
     text = markdown(report)
     if report["history"]:
+        from distill.inspection.plots import loss_curve  # matplotlib: ~1 s a caching run never needs
+
         png = loss_curve(report["history"], f"training loss, {report['method']}")
         text += ("\n## Loss curve\n\n![training loss per step](data:image/png;base64,"
                  f"{base64.b64encode(png).decode('ascii')})\n")

@@ -6,9 +6,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from distill.flows.caching import cache_teachers
+from distill.pipeline.caches import open_caches
 from distill.pipeline.calibration import calibrate_teachers
 from distill.pipeline.config import DistillConfig, eval_corpus_config, load_config
-from distill.pipeline.trainer import open_caches
 
 
 @flow(name="calibrate-teachers")

@@ -73,8 +73,8 @@ def _denied(location: str, error: PermissionError) -> None:
     """Object stores answer wrong or missing credentials with PermissionError (s3fs: Forbidden,
     with no errno); the operating system's own carries an errno and the local file it refused."""
     if isinstance(error.errno, int) and error.filename:
-        _fail(f"{error.filename}: permission denied ({error.strerror}); check that this user may "
-              "write there (owner and mode of the file and its folder)")
+        _fail(f"{error.filename}: permission denied ({error.strerror}); check that this user "
+              f"(uid {os.getuid()}) may read and write it (owner and mode of the file and its folder)")
     _fail(f"{location}: access denied ({error}); check the credentials the store expects "
           "(for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL or a profile)")
 
@@ -106,32 +106,58 @@ def cache(config: Path = typer.Argument(..., help="the YAML config"),
                       devices=devices.split(",") if devices else None)
     if task and not loaded.tasks:
         _fail(f"{config}: --task needs a config with `tasks`")
+    from distill.flows.server import api_server, start_api_server
+    from distill.pipeline.caches import cached_summaries
+
+    server = start_api_server()  # it starts while the check below runs, and the imports
+    try:
+        # Nothing to compute: answered from the cache's files, without Prefect or a model (the
+        # embedded server, the only place a flow run would be recorded, dies with the command).
+        summaries = None if server is None else cached_summaries(loaded, teacher, verify)
+        if summaries is None:
+            with api_server(preload=CACHE_PRELOAD, started=server):
+                summaries = _cache(loaded, task, teacher, parallel, verify)
+    except Exception as e:
+        _cache_failed(loaded.cache, e)
+    finally:
+        if server is not None:
+            server.stop()
+    from distill.flows.tables import print_cache_summary
+
+    print_cache_summary(summaries, loaded.cache, console)
+
+
+# What `distill cache` imports while its Prefect server starts (flows/server.py): its flows and
+# the model code a teacher loads with (transformers' modeling_utils is most of a model's load).
+CACHE_PRELOAD = ("distill.flows.caching", "distill.flows.progress", "transformers.modeling_utils")
+
+
+def _cache(loaded, task: list[str] | None, teacher: list[str] | None, parallel: int | None,
+           verify: bool) -> list[dict]:
     from distill.flows.caching import cache_tasks, cache_teachers
     from distill.flows.progress import RichReporter, reporting
     from distill.flows.runners import cluster_scope
-    from distill.flows.server import api_server
-    from distill.flows.tables import print_cache_summary
+
+    with reporting(RichReporter(console)), cluster_scope():
+        if loaded.tasks:
+            return cache_tasks(loaded, tasks=task, teachers=teacher, max_parallel=parallel, verify=verify)
+        return cache_teachers(loaded, teachers=teacher, max_parallel=parallel, verify=verify)
+
+
+def _cache_failed(location: str, error: Exception) -> None:
+    """One line and exit 2 for what the user can fix; anything else is a bug: re-raised."""
     from distill.pipeline.caching import NonFiniteOutput
     from distill.pipeline.config import ConfigError
     from distill.storage.fs import StoreUnavailable, is_transient
     from distill.storage.records import CacheError
 
-    try:
-        with api_server(), reporting(RichReporter(console)), cluster_scope():
-            if loaded.tasks:
-                summaries = cache_tasks(loaded, tasks=task, teachers=teacher, max_parallel=parallel,
-                                        verify=verify)
-            else:
-                summaries = cache_teachers(loaded, teachers=teacher, max_parallel=parallel, verify=verify)
-    except (ConfigError, CacheError, NonFiniteOutput, ValueError, StoreUnavailable) as e:
-        _fail(str(e))
-    except PermissionError as e:
-        _denied(loaded.cache, e)
-    except Exception as e:  # the store failing outside a shard's retries (listing, manifest)
-        if not is_transient(e):
-            raise
-        _fail(str(StoreUnavailable.of(loaded.cache, "the store keeps failing", e)))
-    print_cache_summary(summaries, loaded.cache, console)
+    if isinstance(error, (ConfigError, CacheError, NonFiniteOutput, ValueError, StoreUnavailable)):
+        _fail(str(error))
+    if isinstance(error, PermissionError):
+        _denied(location, error)
+    if not is_transient(error):  # else the store failing outside a shard's retries (listing, manifest)
+        raise error
+    _fail(str(StoreUnavailable.of(location, "the store keeps failing", error)))
 
 
 @app.command()

@@ -24,9 +24,9 @@ from distill.flows.tables import print_cache_summary
 from distill.flows.training import train_student
 from distill.inspection.report import probabilities
 from distill.pipeline import demo
+from distill.pipeline.caches import open_caches
 from distill.pipeline.config import load_config
 from distill.pipeline.flops import flops_ratio
-from distill.pipeline.trainer import open_caches
 from distill.storage.columns import to_matrix
 
 # demo name -> (registered method, its options)

@@ -22,8 +22,8 @@ from pathlib import Path
 from prefect import get_run_logger
 from prefect.events import emit_event
 
+from distill.pipeline.caches import open_caches
 from distill.pipeline.config import DistillConfig
-from distill.pipeline.trainer import open_caches
 from distill.storage.records import CacheError
 
 CACHE_WRITTEN = "distill.teacher-cache.written"

@@ -125,25 +125,43 @@ class ApiServer:
             self.process.wait()
 
 
-@contextmanager
-def api_server() -> Iterator[None]:
-    """Within: a Prefect API for this process (and the subprocesses it starts). An API that is
-    already configured (PREFECT_API_URL, a profile, a test harness) is used as it is."""
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-        temporary_settings,
-    )
+def start_api_server() -> ApiServer | None:
+    """The server process of `api_server`, started now, or None when PREFECT_API_URL names
+    one: a command that may not need it (flows/cli.py, `distill cache` with nothing to
+    compute) starts it before finding out, so that the check costs no time when it does."""
+    return None if os.environ.get("PREFECT_API_URL") else ApiServer()
 
-    if PREFECT_API_URL.value():
-        yield
-        return
-    server = ApiServer()
+
+@contextmanager
+def api_server(preload: tuple[str, ...] = (), started: ApiServer | None = None) -> Iterator[None]:
+    """Within: a Prefect API for this process (and the subprocesses it starts). An API that is
+    already configured (PREFECT_API_URL, a profile, a test harness) is used as it is.
+
+    The server process starts first, then the `preload` modules are imported while it starts
+    (a command's flows, torch, transformers: as long as the server takes, on another core), and
+    only then does this wait for it. Whether a profile configures an API is known only once
+    Prefect is imported; then the server started early is stopped unused. `started`: a server
+    of `start_api_server`, which this then stops."""
+    server = started if started is not None else start_api_server()
     try:
-        os.environ["PREFECT_API_URL"] = server.api_url  # for flow-run subprocesses
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            server.wait(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        for module in preload:
+            importlib.import_module(module)
+        from prefect.settings import (
+            PREFECT_API_URL,
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+            temporary_settings,
+        )
+
+        if server is None or PREFECT_API_URL.value():
             yield
+            return
+        os.environ["PREFECT_API_URL"] = server.api_url  # for flow-run subprocesses
+        try:
+            with temporary_settings({PREFECT_API_URL: server.api_url}):
+                server.wait(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+                yield
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
     finally:
-        os.environ.pop("PREFECT_API_URL", None)
-        server.stop()
+        if server is not None:
+            server.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from distill.pipeline.caches import open_eval_caches
 from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig
 from distill.pipeline.lm_evaluate import evaluate_lm, student_logits
 from distill.pipeline.lm_losses import next_token_ce
@@ -18,7 +19,7 @@ from distill.pipeline.lm_methods import make_token_method
 from distill.pipeline.lm_reader import TokenBatch, TokenStream
 from distill.pipeline.methods.base import MethodOutput
 from distill.pipeline.student import build_lm_student
-from distill.pipeline.trainer import Recipe, open_eval_caches, student_source
+from distill.pipeline.trainer import Recipe, student_source
 from distill.pipeline.vocab import check_same_vocabulary, padded_rows, tokenizer_size, vocab_fingerprint
 from distill.storage.aligned import AlignedCache
 

@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig, eval_corpus_config
-from distill.pipeline.corpus import corpus_plan_id
+from distill.pipeline.caches import open_caches, open_eval_caches
+from distill.pipeline.config import ConfigError, DistillConfig, TrainConfig
 from distill.pipeline.evaluate import AGREEMENT_ROWS, eval_set, evaluate
 from distill.pipeline.features import FeatureDistiller, feature_widths
 from distill.pipeline.inputs import encode_padded
@@ -25,10 +25,8 @@ from distill.pipeline.methods import make_method
 from distill.pipeline.methods.base import MethodOutput, TeacherBatch
 from distill.pipeline.reader import Batch, CacheStream, prefetch
 from distill.pipeline.student import build_student, is_head
-from distill.pipeline.teacher import fingerprint, identify, resolve_model_dir
+from distill.pipeline.teacher import fingerprint, resolve_model_dir
 from distill.storage.aligned import AlignedCache
-from distill.storage.cache import Cache
-from distill.storage.records import CacheError
 
 
 def teacher_batch_to(batch: TeacherBatch, device) -> TeacherBatch:
@@ -68,54 +66,6 @@ def student_batch_loss(model, tokenizer, method, batch: Batch, device, max_lengt
                                        cached, weights)
     return MethodOutput(result.loss + features.weight * loss,
                         {**result.metrics, "features/loss": loss.item(), **metrics})
-
-
-def open_caches(config: DistillConfig) -> AlignedCache:
-    """The complete caches that the config's teachers, with their current weights and settings,
-    wrote over the config's corpus AS IT IS NOW: the plan is found by the fingerprint of the
-    corpus's content (one pass over its text), never by its path, so a corpus edited in place
-    is a different corpus and caches of its old version are refused, not used. Teachers are
-    found by the id the caching flow gives them, so a cache written with other settings under
-    the same name (say, without features) is not used either."""
-    cache = Cache(config.cache)
-    corpus = config.corpus
-    plan = corpus_plan_id(corpus)
-    if cache.find_plan(plan) is None:
-        raise CacheError(_no_plan_message(config, cache, plan))
-    expected = [identify(t, plan, f"{config.source}: teachers[{t.name}]").teacher_id
-                for t in config.teachers]
-    missing = [t.name for t, i in zip(config.teachers, expected) if cache.find_manifest(i) is None]
-    if missing:
-        raise CacheError(f"{config.source}: no cache of teacher(s) {', '.join(missing)} with the "
-                         f"config's current weights and settings over corpus {corpus.path} (plan "
-                         f"{plan}); run `distill cache {config.source}` first")
-    return AlignedCache(cache, expected, plan_ids={plan})
-
-
-def _no_plan_message(config: DistillConfig, cache: Cache, current: str) -> str:
-    """Why there is no cache of this corpus: never cached, or cached before it changed."""
-    corpus = config.corpus
-    stale = sorted(AlignedCache.plans_for(cache, corpus.path, corpus.rows_per_shard))
-    if stale:
-        folders = ", ".join(f"corpora/{p}" for p in stale)
-        return (f"{config.source}: corpus {corpus.path} changed since it was cached: the cache "
-                f"holds {folders} (stale) but its current content is plan {current}, which was "
-                f"never cached; run `distill cache {config.source}` (and `distill gc` to remove "
-                "the stale caches)")
-    return (f"{config.source}: no cache of corpus {corpus.path} (rows_per_shard "
-            f"{corpus.rows_per_shard}) in {cache.location}; run `distill cache {config.source}` first")
-
-
-def open_eval_caches(config: DistillConfig) -> AlignedCache:
-    """The teachers' complete caches over the `eval` file, which `distill cache` writes with the
-    corpus's: refused when missing (say, `eval` was added after caching), before any training,
-    rather than reporting the student without its teachers."""
-    try:
-        return open_caches(eval_corpus_config(config))
-    except CacheError as e:
-        reason = str(e).removeprefix(f"{config.source}: ")
-        raise CacheError(f"{config.source}: the report compares the student with its teachers on "
-                         f"the eval file, which needs their caches of it: {reason}") from e
 
 
 def label_space(config: DistillConfig, aligned: AlignedCache) -> LabelSpace:

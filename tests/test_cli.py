@@ -264,3 +264,35 @@ def test_a_local_permission_error_names_the_file_not_s3_credentials(project):
     line = " ".join(result.output.split())
     assert "error: /sys/distill-test-cache" in line and "permission denied" in line, line
     assert "AWS_" not in line and "access denied" not in line
+
+
+def _flow_runs() -> int:
+    import asyncio
+
+    from prefect import get_client
+
+    async def count() -> int:
+        async with get_client() as client:
+            return len(await client.read_flow_runs())
+    return asyncio.run(count())
+
+
+@pytest.mark.usefixtures("prefect")
+def test_a_cache_with_nothing_to_compute_runs_no_flow_and_a_damaged_one_does(project):
+    """Every shard published and verified: `distill cache` answers from the files (no flow run,
+    no model), with the flow's summary. A truncated shard is not taken for done: the flow runs
+    and recomputes it, byte-identical."""
+    config = project.config(teachers=[{"name": "a", "model": "teacher-a", "max_length": 16}])
+    assert runner.invoke(app, ["cache", str(config)]).exit_code == 0
+    shard = sorted((project.cache / "teachers").glob("*/shard-00001.arrow"))[0]
+    original = shard.read_bytes()
+    runs = _flow_runs()
+    again = runner.invoke(app, ["cache", str(config)])
+    assert again.exit_code == 0, again.output
+    assert _flow_runs() == runs
+    row = next(line for line in again.output.splitlines() if line.startswith("│ a "))
+    assert [c.strip() for c in row.split("│")[3:8]] == ["120", "3", "0", "0", "0"]  # rows shards computed ...
+    shard.write_bytes(original[:-10])
+    repaired = runner.invoke(app, ["cache", str(config)])
+    assert repaired.exit_code == 0, repaired.output
+    assert _flow_runs() > runs and shard.read_bytes() == original

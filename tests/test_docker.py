@@ -152,6 +152,158 @@ def test_workers_serve_the_mounted_config_and_can_scale(compose):
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
 
 
+DISTILL_IMAGES = ("worker", "gpu-worker", "prefect-server", "create-bucket")
+WORKERS = ("worker", "gpu-worker")
+
+
+def test_distill_containers_run_under_an_init(compose):
+    """`distill serve` starts flow-run subprocesses and Ray/Dask workers: without an init as
+    PID 1 nothing reaps them, and SIGTERM reaches a process that ignores it by default."""
+    for name in DISTILL_IMAGES:
+        assert compose["services"][name].get("init") is True, name
+
+
+def test_workers_have_documented_resource_limits(compose):
+    scaling = (ROOT / "docs" / "scaling.md").read_text()
+    for name in WORKERS:
+        service = compose["services"][name]
+        limits = service["deploy"]["resources"]["limits"]
+        assert float(limits["cpus"]) >= 1 and int(limits["memory"]) >= 2 ** 30, (name, limits)
+        # Docker's default /dev/shm is 64 MB: too small for Ray's object store
+        assert int(service["shm_size"]) >= 2 ** 30, name
+    # every variable that sets them is named in the docs, with its default
+    text = COMPOSE.read_text()
+    for variable in ("WORKER_CPUS", "WORKER_MEMORY", "WORKER_SHM_SIZE"):
+        default = re.search(r"\$\{" + variable + r":-([^}]+)\}", text).group(1)
+        assert f"`{variable}`" in scaling and f"`{default}`" in scaling, variable
+
+
+def _health_url(service: dict) -> str:
+    """The URL a worker's healthcheck asks, checked against the runner webserver settings."""
+    test = service["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    compile(test[3], "healthcheck", "exec")
+    (url,) = re.findall(r"'(http://[^']+)'", test[3])
+    env = service["environment"]
+    assert env["PREFECT_RUNNER_SERVER_ENABLE"] == "true"
+    assert urlparse(url).hostname == env["PREFECT_RUNNER_SERVER_HOST"] == "127.0.0.1"
+    assert urlparse(url).port == int(env["PREFECT_RUNNER_SERVER_PORT"]) and urlparse(url).path == "/health"
+    return url
+
+
+def test_workers_have_a_healthcheck_of_their_runner(compose):
+    for name in WORKERS:
+        service = compose["services"][name]
+        _health_url(service)
+        assert service["healthcheck"]["retries"] >= 1
+        assert service["healthcheck"]["start_period"]  # registering the deployments takes a while
+
+
+@pytest.mark.slow
+def test_worker_healthcheck_answers_from_a_live_serve(compose, tmp_path):
+    """The worker's own healthcheck command, run against `distill serve` with the worker's
+    PREFECT_RUNNER_* settings (on a free port; the embedded Prefect server instead of the
+    compose one): it fails before the runner is up and succeeds once it serves."""
+    pytest.importorskip("torch")
+    import tiny
+
+    service = compose["services"]["worker"]
+    url = _health_url(service)
+    port = free_ports(1)[0]
+    check = [c.replace(f":{urlparse(url).port}/", f":{port}/") for c in service["healthcheck"]["test"][1:]]
+    check[0] = sys.executable
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update({k: v for k, v in service["environment"].items() if k.startswith("PREFECT_RUNNER_")},
+               PREFECT_RUNNER_SERVER_PORT=str(port), PREFECT_HOME=str(tmp_path / "prefect"))
+    tiny.write_jsonl(tmp_path / "corpus.jsonl", [{"text": t} for t in tiny.sentences(8)])
+    tiny.classifier(tmp_path / "teacher")
+    config = tmp_path / "config.yaml"
+    config.write_text("cache: cache\ncorpus: {path: corpus.jsonl}\nteachers: [{name: a, model: teacher}]\n"
+                      "schedule: {cron: '0 3 * * *'}\n")
+    assert subprocess.run(check, capture_output=True, timeout=30).returncode != 0
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "distill.flows.cli", "serve", str(config)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while subprocess.run(check, capture_output=True, timeout=30).returncode != 0:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the worker's healthcheck never passed"
+            time.sleep(1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+# --- teachers provided as the docs say ---------------------------------------------------------
+
+def _provisioning() -> str:
+    """The docs' command that fills docker/data and docker/models."""
+    scaling = (ROOT / "docs" / "scaling.md").read_text()
+    (line,) = [ln for ln in scaling.splitlines() if ln.startswith("mkdir -p data models")]
+    return line
+
+
+def _read_as_another_user(file: Path) -> list[str]:
+    """A command prefix under which `file` is read as by a user who does not own it (the
+    containers' uid 10001 reading a host user's copy): only its "other" permission bits count.
+    As root: the file goes to uid 10001 and the command runs without the capabilities that let
+    root read any file (setpriv). Otherwise the reader is the owner, whose own bits would count:
+    a file that others may not read gets mode 0000 instead."""
+    if os.geteuid() != 0:
+        if not file.stat().st_mode & 0o004:
+            file.chmod(0)
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv (util-linux): no way to read as another user")
+    os.chown(file, 10001, 10001)
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("documented", [True, False], ids=["as-documented", "without-chmod"])
+def test_a_save_pretrained_teacher_copied_as_documented_is_readable(tmp_path, documented):
+    """A teacher written by save_pretrained has a 0600 model.safetensors. Copied in by the docs'
+    command, another uid reads it and caches; without the command's chmod, `distill cache`
+    refuses at once, on one line naming that file and the fix (never blaming the store)."""
+    pytest.importorskip("torch")
+    import tiny
+
+    source = tmp_path / "source"
+    tiny.classifier(source / "teacher-a")
+    weights = source / "teacher-a" / "model.safetensors"
+    assert weights.stat().st_mode & 0o777 == 0o600  # what the docs' chmod is there for
+    tiny.write_jsonl(source / "corpus.jsonl", [{"text": t} for t in tiny.sentences(8)])
+    line = _provisioning().replace("/path/to/teacher-b", "").replace("/path/to/", f"{source}/")
+    if not documented:
+        line = line.split(" && chmod")[0]
+    work = tmp_path / "docker"
+    work.mkdir()
+    subprocess.run(["bash", "-c", line], cwd=work, check=True, timeout=60)
+    prefix = _read_as_another_user(work / "models" / "teacher-a" / "model.safetensors")
+    config = work / "config.yaml"
+    config.write_text("cache: cache\ncorpus: {path: data/corpus.jsonl}\n"
+                      "teachers: [{name: a, model: models/teacher-a, max_length: 16}]\n")
+    done = subprocess.run([*prefix, sys.executable, "-m", "distill.flows.cli", "cache", str(config)],
+                          capture_output=True, text=True, timeout=300)
+    if documented:
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert (work / "cache").is_dir()
+        return
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    (message,) = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert f"cannot read {work / 'models' / 'teacher-a' / 'model.safetensors'}" in message
+    assert "chmod -R a+rX" in message and "credential" not in message
+    assert not (work / "cache").exists()  # refused before anything was written
+
+
 def test_compose_addresses_and_credentials_agree(compose):
     services = compose["services"]
     worker = services["worker"]["environment"]
@@ -389,7 +541,10 @@ def test_dockerfile_installs_this_project(kind):
     runs = " ".join(c.value[0] for c in by("RUN"))
     assert f"{torch_pin} " in runs + " "
     assert ("download.pytorch.org/whl/cpu" in runs) == (kind == "cpu")
-    assert re.search(r"pip install [^&]*'\.\[ml\]'", runs)
+    # the [ml] extra and both cluster runners (`runner.kind: ray|dask`), extras pyproject has
+    (extras,) = re.findall(r"pip install [^&]*'\.\[([\w,]+)\]'", runs)
+    assert set(extras.split(",")) == {"ml", "ray", "dask"}
+    assert set(extras.split(",")) <= set(PYPROJECT["project"]["optional-dependencies"])
     # the entrypoint is the `distill` console script; an unprivileged user runs it
     (entry,) = by("ENTRYPOINT")
     assert entry.json and entry.value == ("distill",)

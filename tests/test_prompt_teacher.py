@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import tiny
 from distill.flows.cli import app
+from distill.pipeline.caches import open_caches
 from distill.pipeline.caching import teacher_cache
 from distill.pipeline.config import TeacherConfig, eval_corpus_config, load_config
 from distill.pipeline.continual import trainer as continual_trainer
@@ -25,7 +26,6 @@ from distill.pipeline.corpus import plan_corpus
 from distill.pipeline.evaluate import predict, read_labelled
 from distill.pipeline.labels import build_label_space
 from distill.pipeline.prompt_teacher import PromptTeacherRunner
-from distill.pipeline.trainer import open_caches
 from distill.storage.cache import Cache
 from distill.storage.columns import to_matrix
 from distill.storage.records import CacheError

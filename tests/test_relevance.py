@@ -18,11 +18,12 @@ from typer.testing import CliRunner
 import tiny
 from distill.flows.cli import app
 from distill.inspection.ranking import ranking_metrics
+from distill.pipeline.caches import open_caches
 from distill.pipeline.caching import teacher_cache
 from distill.pipeline.config import ConfigError, load_config
 from distill.pipeline.corpus import plan_corpus
 from distill.pipeline.reader import CacheStream
-from distill.pipeline.trainer import label_space, open_caches
+from distill.pipeline.trainer import label_space
 from distill.storage.aligned import AlignedCache
 from distill.storage.cache import Cache
 from distill.storage.ids import sample_id

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from distill.pipeline.caches import open_caches
 from distill.pipeline.config import DistillConfig, eval_corpus_config
-from distill.pipeline.trainer import open_caches
 from distill.storage.columns import to_matrix
 from distill.storage.ids import sample_ids
 from distill.storage.records import CacheError, TeacherManifest

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.pipeline.caches import open_caches
 from distill.pipeline.config import ConfigError, ContinualConfig, DistillConfig, TrainConfig
 from distill.pipeline.continual.loss import cdl_loss
 from distill.pipeline.continual.prompts import MappedPrompts, PromptPool
@@ -45,7 +46,7 @@ from distill.pipeline.loop import Loop, Progress, linear_warmup, make_accelerato
 from distill.pipeline.methods.base import MethodOutput
 from distill.pipeline.reader import CacheStream, prefetch
 from distill.pipeline.student import build_student
-from distill.pipeline.trainer import open_caches, source_label_map, student_source, teacher_batch_to
+from distill.pipeline.trainer import source_label_map, student_source, teacher_batch_to
 from distill.storage.records import CacheError
 
 
