@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 from pathlib import Path
+
+from wordnet import licence_text, synset_lines
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORDNET_DIR = Path("/usr/share/wordnet")
@@ -65,19 +66,11 @@ WordNet 3.0 Copyright 2006 by Princeton University. All rights reserved. See `LI
 
 def read_synsets(data_noun: Path) -> tuple[list[dict], str]:
     """All noun synsets as {"text", "label"} in file order, and the licence header text."""
-    docs, licence = [], []
-    with open(data_noun, encoding="latin-1") as f:
-        for line in f:
-            if line.startswith("  "):  # licence header: "  12 text  "
-                licence.append(re.sub(r"^\s*\d+ ?", "", line.rstrip()))
-                continue
-            head, gloss = line.split(" | ", 1)
-            fields = head.split()
-            n_words = int(fields[3], 16)
-            lemmas = [fields[4 + 2 * i].replace("_", " ") for i in range(n_words)]
-            docs.append({"text": ", ".join(lemmas) + ": " + gloss.strip(),
-                         "label": LEXNAMES[int(fields[1])]})
-    return docs, "\n".join(licence).strip() + "\n"
+    licence: list[str] = []
+    docs = [{"text": ", ".join(w.replace("_", " ") for w in lemmas) + ": " + gloss.strip(),
+             "label": LEXNAMES[int(fields[1])]}
+            for fields, lemmas, gloss in synset_lines(data_noun, licence)]
+    return docs, licence_text(licence)
 
 
 def split(docs: list[dict], seed: int) -> dict[str, list[dict]]:

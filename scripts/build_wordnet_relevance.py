@@ -28,6 +28,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from wordnet import licence_text, synset_lines
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORDNET_DIR = Path("/usr/share/wordnet")
 DEFAULT_OUT = REPO / "build" / "wordnet-relevance"
@@ -37,21 +39,13 @@ QUOTED = re.compile(r'"([^"]+)"')
 
 def read_senses(data_noun: Path) -> tuple[list[dict], str]:
     """Every noun synset as {"id", "lemmas", "definition", "examples"}, and the licence text."""
-    senses, licence = [], []
-    with open(data_noun, encoding="latin-1") as f:
-        for line in f:
-            if line.startswith("  "):            # licence header: "  12 text  "
-                licence.append(re.sub(r"^\s*\d+ ?", "", line.rstrip()))
-                continue
-            head, gloss = line.split(" | ", 1)
-            fields = head.split()
-            n_words = int(fields[3], 16)
-            lemmas = [re.sub(r"\(.*\)$", "", fields[4 + 2 * i]).replace("_", " ")
-                      for i in range(n_words)]
-            definition = gloss.split('; "')[0].strip().rstrip(";").strip()
-            senses.append({"id": fields[0], "lemmas": lemmas, "definition": definition,
-                           "examples": [e.strip() for e in QUOTED.findall(gloss) if e.strip()]})
-    return senses, "\n".join(licence).strip() + "\n"
+    licence: list[str] = []
+    senses = [{"id": fields[0],
+               "lemmas": [re.sub(r"\(.*\)$", "", w).replace("_", " ") for w in lemmas],
+               "definition": gloss.split('; "')[0].strip().rstrip(";").strip(),
+               "examples": [e.strip() for e in QUOTED.findall(gloss) if e.strip()]}
+              for fields, lemmas, gloss in synset_lines(data_noun, licence)]
+    return senses, licence_text(licence)
 
 
 def passage(sense: dict) -> str:

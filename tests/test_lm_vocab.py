@@ -18,11 +18,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tiny
 from distill.flows.caching import cache_teachers
+from distill.inspection.report import inspect_cache
 from distill.pipeline.config import ConfigError, TeacherConfig, load_config
 from distill.pipeline.lm_runner import CausalLMRunner
 from distill.pipeline.trainer import train
 from distill.storage.cache import Cache
-from distill.storage.inspect import inspect_cache
 
 QWEN_IDS, QWEN_ROWS = 151_936, 152_064
 TEXTS = tiny.sentences(6, seed=3, max_words=10)
