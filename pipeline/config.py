@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from distill.pipeline.backends import DEFAULT_BACKEND, backend_for
 
@@ -25,6 +33,10 @@ class Strict(BaseModel):
 
 
 class CorpusConfig(Strict):
+    # The config section this corpus was read from ("corpus", or "eval" when the labelled eval
+    # file is cached as a corpus: eval_corpus_config), so errors name the key to fix.
+    _section: str = PrivateAttr("corpus")
+
     path: str = Field(description="a `.jsonl`/`.json`/`.csv`/`.tsv`/`.parquet`/`.txt`/`.arrow` "
                                   "file, a folder of one kind of them, or a folder written by "
                                   "`datasets`' `save_to_disk`; relative to the config file")
@@ -506,6 +518,7 @@ def eval_corpus_config(config: DistillConfig) -> DistillConfig:
     corpus = (base or CorpusConfig(path=ev.path)).model_copy(
         update={"path": ev.path, "text_column": ev.text_column, "pair_column": ev.pair_column,
                 "group_column": ev.group_column})
+    corpus._section = "eval"
     teachers = [t.model_copy(update={"mc_dropout": None, "features": None, "calibration": None})
                 for t in config.teachers]
     return config.model_copy(update={"corpus": corpus, "teachers": teachers, "eval": None})

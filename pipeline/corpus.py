@@ -31,7 +31,7 @@ def load_rows(corpus: CorpusConfig) -> Iterator[tuple[int, object]]:
             if column is not None and column not in example:
                 raise ConfigError(
                     f"{corpus.path}: no column '{column}' (columns: {', '.join(example)}). Set "
-                    f"corpus.{key} in the config to one of them.")
+                    f"{corpus._section}.{key} in the config to one of them.")
         first = False
         if corpus.pair_column is None:
             yield row, example.get(corpus.text_column)

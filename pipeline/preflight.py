@@ -18,7 +18,13 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from distill.pipeline.backends import backend_for
-from distill.pipeline.config import ConfigError, CorpusConfig, DistillConfig, TeacherConfig
+from distill.pipeline.config import (
+    ConfigError,
+    CorpusConfig,
+    DistillConfig,
+    TeacherConfig,
+    eval_corpus_config,
+)
 from distill.pipeline.corpus import BUILDERS, data_files, is_saved_dataset
 from distill.pipeline.labels import check_label_map
 from distill.pipeline.teacher import resolve_model_dir, teacher_kind
@@ -136,12 +142,15 @@ def check_teacher(teacher: TeacherConfig, where: str) -> dict:
 
 
 def check_inputs(config: DistillConfig, teachers: list[str] | None = None) -> None:
-    """The corpus (or every task's), the named teachers (default all) and the student's model."""
+    """The corpus (or every task's), the eval file, the named teachers (default all) and the
+    student's model."""
     where = config.source
     if config.corpus is not None:
         check_corpus(config.corpus, "corpus", where)
     for task in config.tasks or []:
         check_corpus(task.corpus, f"tasks[{task.name}].corpus", where)
+    if config.eval is not None:  # cached like a corpus by `distill cache`, so checked like one
+        check_corpus(eval_corpus_config(config).corpus, "eval", where)
     for name in teachers or [t.name for t in config.teachers]:
         check_teacher(config.teacher(name), where)
     student = config.student

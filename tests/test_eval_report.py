@@ -130,3 +130,15 @@ def test_train_refuses_when_the_eval_caches_are_missing(project):
     tiny.write_jsonl(project.root / "eval.jsonl", _eval_rows() + [{"text": "blue moon", "label": "class1"}])
     line = one_line_error(["train", str(path)])    # the eval file is another corpus now
     assert "eval.jsonl changed since it was cached" in line and f"run `distill cache {path}`" in line
+
+
+def test_an_eval_file_without_its_text_column_names_the_eval_key(project):
+    """The eval file is cached like a corpus, so it is checked like one before Prefect starts,
+    and its missing column is said as `eval.text_column`, the key to fix, not as the corpus's."""
+    config = _config(project)
+    tiny.write_jsonl(project.root / "eval.jsonl", [{"sentence": r["text"], "label": r["label"]}
+                                                   for r in _eval_rows()])
+    line = " ".join(one_line_error(["cache", str(config)]).split())
+    assert "eval.path: no row of" in line and "column 'text'" in line, line
+    assert "set eval.text_column" in line and "corpus." not in line, line
+    assert not (project.root / "cache").exists()  # refused before anything was cached
