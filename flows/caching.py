@@ -10,6 +10,8 @@ Prefect artifacts (flows/artifacts.py).
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
@@ -48,6 +50,20 @@ def _retry_transient(task, task_run, state) -> bool:
             return True
         return not isinstance(e, PERMANENT_ERRORS) and task_run.run_count <= OTHER_RETRIES
     return False
+
+
+def _through_transient_errors(call):
+    """`call()`, retried with the shards' backoff while the store fails transiently: a store
+    restarted as the last shard lands must not fail the manifest after every shard made it."""
+    for delay in RETRY_DELAYS:
+        try:
+            return call()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            get_run_logger().warning("store unavailable (%s); retrying in %d s", e, delay)
+            time.sleep(delay)
+    return call()
 
 
 @task(name="plan-corpus", cache_policy=NO_CACHE)
@@ -110,7 +126,7 @@ def cache_teacher(config: str | DistillConfig, teacher: str, plan: Plan | None =
     failed = [f for f in futures if f.state.is_failed()]
     if failed:
         failed[0].result()  # re-raise the first failure after every other shard has landed
-    manifest = cached.finalize()
+    manifest = _through_transient_errors(cached.finalize)
     publish_cache(cached.cache, manifest, computed=len(todo), recomputed=len(problems))
     summary = {"teacher": teacher, "teacher_id": cached.teacher_id, "plan_id": plan.plan_id,
                "rows": sum(s.rows for s in manifest.shards), "shards": len(manifest.shards),

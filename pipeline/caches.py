@@ -72,10 +72,18 @@ def cached_summaries(config: DistillConfig, teachers: list[str] | None = None,
     Reads files and settings only: no model, no Prefect."""
     if config.tasks or config.eval or config.corpus is None:
         return None
-    cache = Cache(config.cache)
-    plan = cache.find_plan(corpus_plan_id(config.corpus))
-    if plan is None:
+    try:
+        return _complete_summaries(config, Cache(config.cache), teachers, verify)
+    except CacheError:  # a damaged record: the flow rewrites it
         return None
+
+
+def _complete_summaries(config: DistillConfig, cache: Cache, teachers: list[str] | None,
+                        verify: bool) -> list[dict] | None:
+    plan = cache.find_plan(corpus_plan_id(config.corpus))
+    folder = cache.plan_dir(plan.plan_id) if plan is not None else None
+    if plan is None or any(cache.file_problem(folder, e, verify) for e in plan.shards):
+        return None  # no plan yet, or a text shard to rewrite
     summaries = []
     for name in teachers or [t.name for t in config.teachers]:
         teacher_id = identify(config.teacher(name), plan.plan_id,

@@ -123,7 +123,9 @@ class TeacherCache(ABC):
             format_version=FORMAT_VERSION, code_version=code_version(),
             fingerprint=self.identity.fingerprint, settings=settings,
             arrow_schema=TeacherManifest.encode_schema(schema))
-        return self.cache.start_teacher(manifest)
+        recorded = self.cache.start_teacher(manifest)
+        self.__dict__["schema"] = recorded.schema  # what `schema` would read back, known now
+        return recorded
 
     def pending(self, verify: bool = True) -> tuple[list[int], list[str]]:
         """Shards still to compute: never published, or published but truncated/corrupt (or
@@ -225,7 +227,8 @@ class TeacherCache(ABC):
 
     @cached_property
     def schema(self) -> pa.Schema:
-        """The schema `start` recorded (read back: a shard task may run in another process)."""
+        """The schema `start` recorded; read back from the manifest only where `start` ran on
+        another copy of this object (it travels with the object to Ray and Dask workers)."""
         return self.cache.load_manifest(self.teacher_id).schema
 
     def _with_metadata(self, table: pa.Table, index: int) -> pa.Table:

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -103,9 +104,12 @@ def seaweedfs(folder: Path, bucket: str = "distill-test", timeout: float = 60) -
     def launch() -> None:
         with open(log, "ab") as out:
             # Its own session, so that the kill at the end reaches everything it started, and
-            # killed by the kernel if pytest itself is SIGKILLed (no fixture teardown then).
+            # killed by the kernel if pytest itself is SIGKILLed (no fixture teardown then). The
+            # kernel's death signal follows the starting thread, so a restart from a worker
+            # thread (a shard task) goes without it: that thread's end would kill the server.
+            guard = die_with_parent() if threading.current_thread() is threading.main_thread() else None
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True, preexec_fn=die_with_parent()))
+                                          start_new_session=True, preexec_fn=guard))
 
     def kill() -> None:
         with contextlib.suppress(ProcessLookupError):

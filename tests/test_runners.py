@@ -105,7 +105,7 @@ def test_one_teacher_per_device_at_a_time(project, monkeypatch):
     third_started = threading.Event()
     real_run = ClassificationRunner._run
 
-    def recorded(self, texts, seed, on_rows):
+    def recorded(self, texts, seed, on_rows, pairs):
         """The first teacher holds its device until the third has started: the third must take
         the device the second frees, never the first's."""
         name = self.config.name
@@ -121,7 +121,7 @@ def test_one_teacher_per_device_at_a_time(project, monkeypatch):
         if name == arrivals[0]:
             assert third_started.wait(60), "the third teacher never got a free device"
         try:
-            return real_run(self, texts, seed, on_rows)
+            return real_run(self, texts, seed, on_rows, pairs)
         finally:
             run[3] = time.perf_counter()
 

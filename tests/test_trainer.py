@@ -43,8 +43,9 @@ def _config(project, **train):
 
 
 def _plan_audit(project):
+    """(rows, sample-id sum) of the corpus's plan (the cache also holds the eval file's)."""
     cache = Cache(project.cache)
-    plan = cache.load_plan(cache.plan_ids()[0])
+    (plan,) = [p for p in map(cache.load_plan, cache.plan_ids()) if p.source.endswith("corpus.jsonl")]
     ids = np.concatenate([cache.read_text_shard(plan, i).column("sample_id").to_numpy()
                           for i in range(len(plan.shards))]).astype(np.uint64)
     return plan.rows, int(ids.sum(dtype=np.uint64))
