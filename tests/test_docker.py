@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from processes import process, wait_for
 from s3server import free_ports, remove_sockets, weed_binary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,24 +222,10 @@ def test_worker_healthcheck_answers_from_a_live_serve(compose, tmp_path):
     config.write_text("cache: cache\ncorpus: {path: corpus.jsonl}\nteachers: [{name: a, model: teacher}]\n"
                       "schedule: {cron: '0 3 * * *'}\n")
     assert subprocess.run(check, capture_output=True, timeout=30).returncode != 0
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "distill.flows.cli", "serve", str(config)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while subprocess.run(check, capture_output=True, timeout=30).returncode != 0:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the worker's healthcheck never passed"
-            time.sleep(1)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    serve = [sys.executable, "-m", "distill.flows.cli", "serve", str(config)]
+    with process(serve, env, tmp_path / "serve.log", signal.SIGTERM) as proc:
+        wait_for(lambda: subprocess.run(check, capture_output=True, timeout=30).returncode == 0, 240,
+                 "the worker's healthcheck", proc)
 
 
 # --- teachers provided as the docs say ---------------------------------------------------------

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from distill.flows.caching import cache_tasks, cache_teachers
 from distill.flows.handoff import CACHES_COMPLETE, complete_caches, config_key, config_resource
 from distill.flows.serve import deployments, worker_lock
 from distill.pipeline.config import ConfigError, load_config
+from processes import process, wait_for
 from s3server import free_ports
 
 TRAIN = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "output": "run", "method": "mean"}
@@ -144,38 +144,6 @@ def test_a_scheduled_run_caches_a_task_appended_to_the_config(project):
 
 # ---- a real Prefect server ----------------------------------------------------------------
 
-def _wait(check, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: process exited with {proc.returncode}")
-        if (value := check()):
-            return value
-        time.sleep(1)
-    raise AssertionError(f"{what}: not within {timeout} s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@contextmanager
-def _process(args: list[str], env: dict, log: Path):
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            yield proc
-        finally:
-            _stop(proc)
-
-
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
@@ -195,9 +163,9 @@ def prefect_server(tmp_path):
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "3600"}
     env.pop("PREFECT_API_URL", None)
     port = url.split(":")[-1].split("/")[0]
-    with _process([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+    with process([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                    "--port", port], env, tmp_path / "server.log") as server:
-        _wait(lambda: _healthy(url), 180, "prefect server health", server)
+        wait_for(lambda: _healthy(url), 180, "prefect server health", server)
         yield url
 
 
@@ -244,11 +212,11 @@ def test_serve_on_a_real_server_trains_by_itself_when_the_caches_complete(projec
     config = load_config(_config(project))
     key = config_key(config)
     env = _client_env(url, tmp_path / "client-home")
-    with _process([sys.executable, "-m", "distill.flows.cli", "serve", config.source], env,
+    with process([sys.executable, "-m", "distill.flows.cli", "serve", config.source], env,
                   tmp_path / "serve.log") as serving:
-        caching = _wait(lambda: _deployment(url, "cache-teachers", key), 240,
+        caching = wait_for(lambda: _deployment(url, "cache-teachers", key), 240,
                         "caching deployment registered", serving)
-        _wait(lambda: _deployment(url, "train-student", f"{key}-mean"), 30,
+        wait_for(lambda: _deployment(url, "train-student", f"{key}-mean"), 30,
               "training deployment registered", serving)
         assert [s["schedule"]["cron"] for s in caching["schedules"]] == ["0 3 * * *"]
 
@@ -256,7 +224,7 @@ def test_serve_on_a_real_server_trains_by_itself_when_the_caches_complete(projec
                         f"cache-teachers/{key}"], env=env, check=True, capture_output=True)
         done = lambda name: [r for r in _runs(url) if r["flow_name"] == name  # noqa: E731
                              and r["state_type"] == "COMPLETED" and r["deployment_id"]]
-        [trained] = _wait(lambda: done("train-student"), 420, "training run completed", serving)
+        [trained] = wait_for(lambda: done("train-student"), 420, "training run completed", serving)
         [cached] = done("cache-teachers")
         assert trained["parameters"] == {"config": str(Path(config.source).resolve()), "method": "mean"}
         assert trained["created_by"]["type"] == "AUTOMATION"
@@ -267,7 +235,7 @@ def test_serve_on_a_real_server_trains_by_itself_when_the_caches_complete(projec
         # A second caching run finds nothing to do: no new training run.
         subprocess.run([sys.executable, "-m", "prefect", "deployment", "run",
                         f"cache-teachers/{key}"], env=env, check=True, capture_output=True)
-        _wait(lambda: len(done("cache-teachers")) == 2, 240, "second caching run", serving)
+        wait_for(lambda: len(done("cache-teachers")) == 2, 240, "second caching run", serving)
         time.sleep(5)
         assert len([r for r in _runs(url) if r["flow_name"] == "train-student"]) == 1
 
@@ -275,7 +243,7 @@ def test_serve_on_a_real_server_trains_by_itself_when_the_caches_complete(projec
 def _serving(log: Path, proc: subprocess.Popen) -> str:
     """The line `distill serve` prints once its deployments are registered."""
     line = lambda: next((s for s in log.read_text().splitlines() if " serving " in s), None)  # noqa: E731
-    return _wait(line, 240, f"{log.name}: serving", proc)
+    return wait_for(line, 240, f"{log.name}: serving", proc)
 
 
 def _next_three_oclock() -> datetime:
@@ -302,8 +270,8 @@ def test_two_workers_share_the_schedule_and_a_restarted_one_crashes_what_it_left
     env = _client_env(url, tmp_path / "client-home")
     serve = lambda worker: [sys.executable, "-m", "distill.flows.cli", "serve", config.source,  # noqa: E731
                             "--worker", worker]
-    with _process(serve("a"), env, tmp_path / "a.log") as a, \
-            _process(serve("b"), env, tmp_path / "b.log") as b:
+    with process(serve("a"), env, tmp_path / "a.log") as a, \
+            process(serve("b"), env, tmp_path / "b.log") as b:
         _serving(tmp_path / "a.log", a)
         _serving(tmp_path / "b.log", b)
         b.send_signal(signal.SIGTERM)
@@ -320,13 +288,13 @@ def test_two_workers_share_the_schedule_and_a_restarted_one_crashes_what_it_left
         run = _post(url, f"/deployments/{caching['id']}/create_flow_run", {})
         claimed = lambda: (r := _get(url, f"/flow_runs/{run['id']}"))["state_type"] in (  # noqa: E731
             "PENDING", "RUNNING") and r
-        left = _wait(claimed, 120, "run claimed by worker a", a)
+        left = wait_for(claimed, 120, "run claimed by worker a", a)
         os.killpg(a.pid, signal.SIGKILL)
         a.wait()
         assert "distill-worker:a" in left["tags"]
         assert _get(url, f"/flow_runs/{run['id']}")["state_type"] in ("PENDING", "RUNNING")
 
-    with _process(serve("a"), env, tmp_path / "a-again.log") as again:
+    with process(serve("a"), env, tmp_path / "a-again.log") as again:
         assert "1 run(s) it left behind marked crashed" in _serving(tmp_path / "a-again.log", again)
         crashed = _get(url, f"/flow_runs/{run['id']}")
         assert crashed["state_type"] == "CRASHED" and "worker 'a'" in crashed["state"]["message"]
@@ -334,4 +302,4 @@ def test_two_workers_share_the_schedule_and_a_restarted_one_crashes_what_it_left
         assert slots and datetime.fromisoformat(slots[0]) == _next_three_oclock()
         second = _post(url, f"/deployments/{caching['id']}/create_flow_run", {})
         done = lambda: _get(url, f"/flow_runs/{second['id']}")["state_type"] == "COMPLETED"  # noqa: E731
-        _wait(done, 240, "a run served by the restarted worker", again)
+        wait_for(done, 240, "a run served by the restarted worker", again)
