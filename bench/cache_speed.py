@@ -38,7 +38,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer  # no
 
 from distill.pipeline import demo  # noqa: E402
 from distill.pipeline.finetune import finetune_classifier, minilm_path  # noqa: E402
-from distill.pipeline.runner import encode_longest_first  # noqa: E402
+from distill.pipeline.inference import encode_longest_first  # noqa: E402
 
 NUM_LABELS, BATCH, MAX_LENGTH = 12, 32, 128
 

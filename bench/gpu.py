@@ -80,7 +80,7 @@ def mpnet(build: Path) -> Path | None:
 
 
 def smollm2(build: Path) -> Path | None:
-    from distill.pipeline.smollm2 import export_smollm2
+    from distill.pipeline.kinds.causal_lm.smollm2 import export_smollm2
     try:
         return export_smollm2(build / "smollm2-135m")
     except (RuntimeError, ImportError):

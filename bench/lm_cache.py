@@ -43,11 +43,11 @@ import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
 from distill.pipeline.caching import release_runner, teacher_cache  # noqa: E402
-from distill.pipeline.config import CorpusConfig, TeacherConfig  # noqa: E402
+from distill.pipeline.config import CorpusConfig, teacher_config  # noqa: E402
 from distill.pipeline.corpus import plan_corpus  # noqa: E402
-from distill.pipeline.lm_reader import TokenStream  # noqa: E402
-from distill.pipeline.lm_runner import load_causal_lm  # noqa: E402
-from distill.pipeline.smollm2 import EXPORTS  # noqa: E402
+from distill.pipeline.kinds.causal_lm.inference import load_causal_lm  # noqa: E402
+from distill.pipeline.kinds.causal_lm.smollm2 import EXPORTS  # noqa: E402
+from distill.pipeline.kinds.causal_lm.stream import TokenStream  # noqa: E402
 from distill.pipeline.student import build_lm_student  # noqa: E402
 from distill.storage.aligned import AlignedCache  # noqa: E402
 from distill.storage.cache import Cache  # noqa: E402
@@ -72,7 +72,7 @@ def build_caches(root: Path, model_dir: Path, rows: int, batch: int):
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in wordnet_texts("test")[:rows]))
     plan = plan_corpus(cache, CorpusConfig(path=str(corpus), rows_per_shard=rows))
     for name, lm in MODES.items():
-        config = TeacherConfig(name=name.replace(" ", "_").replace("=", ""), model=str(model_dir),
+        config = teacher_config(name=name.replace(" ", "_").replace("=", ""), model=str(model_dir),
                                kind="causal-lm", max_length=MAX_LENGTH, batch_size=batch, lm=lm)
         teacher = teacher_cache(cache, plan, config)
         teacher.start()

@@ -40,11 +40,11 @@ def measure(mode: str, model_dir: Path) -> dict:
     """In this process: load, run one batch of 8 x 512 tokens, report bytes."""
     import torch
 
-    from distill.pipeline.config import TeacherConfig
-    from distill.pipeline.lm_runner import CausalLMRunner
+    from distill.pipeline.config import teacher_config
+    from distill.pipeline.kinds.causal_lm.inference import CausalLMRunner
 
     torch.set_num_threads(2)
-    config = TeacherConfig(name="gemma", model=str(model_dir), kind="causal-lm", max_length=LENGTH,
+    config = teacher_config(name="gemma", model=str(model_dir), kind="causal-lm", max_length=LENGTH,
                            batch_size=BATCH, lm=MODES[mode])
     runner = CausalLMRunner(config, model_dir)
     glosses = wordnet_texts("pool")
@@ -68,7 +68,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.child, args.model_dir)))
         return
-    from distill.pipeline.smollm2 import export_gemma3
+    from distill.pipeline.kinds.causal_lm.smollm2 import export_gemma3
 
     model_dir = export_gemma3(args.model_dir)
     results: dict = {"model": "Gemma-3-270M (Q4_K_M, dequantized)", "batch": BATCH, "length": LENGTH}

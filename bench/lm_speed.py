@@ -34,14 +34,14 @@ hermetic_env()
 import torch  # noqa: E402
 
 from distill.pipeline.caching import teacher_cache  # noqa: E402
-from distill.pipeline.config import CorpusConfig, TeacherConfig  # noqa: E402
+from distill.pipeline.config import CorpusConfig, teacher_config  # noqa: E402
 from distill.pipeline.corpus import plan_corpus  # noqa: E402
-from distill.pipeline.lm_methods import make_token_method  # noqa: E402
-from distill.pipeline.lm_reader import TokenStream  # noqa: E402
-from distill.pipeline.lm_runner import load_causal_lm  # noqa: E402
-from distill.pipeline.lm_trainer import token_loss  # noqa: E402
-from distill.pipeline.runner import encode_longest_first  # noqa: E402
-from distill.pipeline.smollm2 import export_smollm2  # noqa: E402
+from distill.pipeline.inference import encode_longest_first  # noqa: E402
+from distill.pipeline.kinds import make_method  # noqa: E402
+from distill.pipeline.kinds.causal_lm.inference import load_causal_lm  # noqa: E402
+from distill.pipeline.kinds.causal_lm.recipe import token_loss  # noqa: E402
+from distill.pipeline.kinds.causal_lm.smollm2 import export_smollm2  # noqa: E402
+from distill.pipeline.kinds.causal_lm.stream import TokenStream  # noqa: E402
 from distill.pipeline.student import build_lm_student  # noqa: E402
 from distill.storage.aligned import AlignedCache  # noqa: E402
 from distill.storage.cache import Cache  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> None:
         plan = plan_corpus(cache, CorpusConfig(path=str(root / "corpus.jsonl"), rows_per_shard=args.rows))
         teachers = {}
         for name, lm in MODES.items():
-            config = TeacherConfig(name=name.split()[0], model=str(model_dir), kind="causal-lm",
+            config = teacher_config(name=name.split()[0], model=str(model_dir), kind="causal-lm",
                                    max_length=MAX_LENGTH, batch_size=BATCH, lm=lm)
             teachers[name] = teacher_cache(cache, plan, config)
             teachers[name].start()
@@ -135,7 +135,7 @@ def main() -> None:
         student, _ = build_lm_student(model_dir, layers=6)
         student.train()
         optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
-        method = make_token_method("mean")
+        method = make_method("causal-lm", "mean")
         streams = {"stream": TokenStream(aligned, BATCH, shuffle=False),
                    "packed": TokenStream(aligned, BATCH, pack=BLOCK, shuffle=False)}
         in_memory = list(first(streams["stream"], args.steps))

@@ -30,12 +30,13 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from distill.pipeline.finetune import minilm_path  # noqa: E402
 from distill.pipeline.flops import encoder_flops  # noqa: E402
-from distill.pipeline.labels import build_label_space  # noqa: E402
-from distill.pipeline.methods import make_method  # noqa: E402
-from distill.pipeline.methods.base import TeacherBatch  # noqa: E402
-from distill.pipeline.reader import Batch, CacheStream, prefetch  # noqa: E402
+from distill.pipeline.kinds import make_method  # noqa: E402
+from distill.pipeline.kinds.classification.labels import build_label_space  # noqa: E402
+from distill.pipeline.kinds.classification.methods.base import TeacherBatch  # noqa: E402
+from distill.pipeline.kinds.classification.recipe import student_batch_loss  # noqa: E402
+from distill.pipeline.kinds.classification.stream import Batch, ClassificationStream  # noqa: E402
+from distill.pipeline.stream import prefetch  # noqa: E402
 from distill.pipeline.student import build_student  # noqa: E402
-from distill.pipeline.trainer import student_batch_loss  # noqa: E402
 from distill.storage.aligned import AlignedCache  # noqa: E402
 from distill.storage.cache import Cache  # noqa: E402
 
@@ -76,7 +77,7 @@ class Student:
         self.model, self.tokenizer = build_student(minilm_path(), labels, layers=3)
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
-        self.method = make_method("mean", temperature=2.0)
+        self.method = make_method("classification", "mean", temperature=2.0)
 
     def step(self, batch: Batch) -> None:
         loss = student_batch_loss(self.model, self.tokenizer, self.method, batch, "cpu", MAX_LENGTH).loss
@@ -85,7 +86,7 @@ class Student:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def online_batches(teachers, tokenizer, stream: CacheStream, epoch: int):
+def online_batches(teachers, tokenizer, stream: ClassificationStream, epoch: int):
     """Online KD: the same batches, but every teacher runs on them at every step."""
     for batch in stream.epoch(epoch):
         inputs = tokenizer(batch.texts, padding=True, truncation=True, max_length=MAX_LENGTH,
@@ -96,7 +97,7 @@ def online_batches(teachers, tokenizer, stream: CacheStream, epoch: int):
                     TeacherBatch(logits, batch.teachers.covered, batch.teachers.valid), batch.weights)
 
 
-def unverified(stream: CacheStream):
+def unverified(stream: ClassificationStream):
     """One epoch read without the sha256 check, which the product never skips: only to measure
     what the check costs (the bench swaps the shard reader for the length of the epoch)."""
     import distill.storage.cache as cache_module
@@ -131,7 +132,7 @@ def main() -> None:
         cache = Cache(work / "cache")
         aligned = AlignedCache(cache, ["t0", "t1", "t2"])
         labels = build_label_space(aligned.manifests)
-        stream = CacheStream(aligned, labels, BATCH, seed=0)
+        stream = ClassificationStream(aligned, labels, BATCH, seed=0)
         in_memory = list(stream.epoch(0))
 
         # Data path: the same student step fed from disk (with prefetch; every shard verified
@@ -171,7 +172,7 @@ def main() -> None:
             start = time.perf_counter()
             cache_teachers(str(fresh_config))
             fresh_aligned = AlignedCache(Cache(fresh / "cache"), ["t0", "t1", "t2"])
-            fresh_stream = CacheStream(fresh_aligned, labels, BATCH, seed=0)
+            fresh_stream = ClassificationStream(fresh_aligned, labels, BATCH, seed=0)
             student = Student(labels)
             for epoch in range(EPOCHS):
                 for batch in prefetch(fresh_stream.epoch(epoch)):

@@ -243,11 +243,13 @@ def calibrate(config: Path = typer.Argument(..., help="the YAML config; its `eva
     from distill.flows.progress import RichReporter, reporting
     from distill.flows.server import api_server
     from distill.flows.tables import print_calibration
+    from distill.pipeline.calibration import check_calibratable
     from distill.pipeline.config import ConfigError, load_config, write_calibration
     from distill.storage.records import CacheError
 
     try:
         loaded = load_config(config)
+        check_calibratable(loaded)
         with api_server(), reporting(RichReporter(console)):
             fits = calibrate_flow(loaded)
     except (ConfigError, CacheError) as e:

@@ -49,8 +49,8 @@ from pydantic import ValidationError
 from distill.flows.caching import cache_tasks, cache_teachers
 from distill.flows.handoff import CACHES_COMPLETE, config_key, config_resource
 from distill.flows.training import train_continual_student, train_student
+from distill.pipeline import kinds
 from distill.pipeline.config import ConfigError, DistillConfig
-from distill.pipeline.methods import REGISTRY
 
 
 def schedule_for(config: DistillConfig) -> CronSchedule:
@@ -72,10 +72,11 @@ def training_methods(config: DistillConfig) -> list[str]:
     methods = config.schedule.train_methods
     if methods is None:
         methods = [config.train.method if config.train else "mean"]
-    unknown = [m for m in methods if m not in REGISTRY]
+    known = kinds.methods(kinds.training_kind(config.teachers, config.source).name)
+    unknown = [m for m in methods if m not in known]
     if unknown:
         raise ConfigError(f"{config.source}: schedule.train_methods: unknown method(s) "
-                          f"{', '.join(unknown)}; choose from {', '.join(sorted(REGISTRY))}")
+                          f"{', '.join(unknown)} for these teachers; choose from {', '.join(known)}")
     return methods
 
 

@@ -1,6 +1,6 @@
 """Ranking metrics per query group: MRR@10, NDCG@10, Recall@k (numpy only).
 
-Shared by the training report (pipeline/evaluate.py) and `distill inspect --labels`, so a
+Shared by the training report (pipeline/kinds/classification/evaluate.py) and `distill inspect --labels`, so a
 teacher's ranking figures are computed one way wherever they are shown. Relevance labels may
 be binary (0/1) or graded (0, 1, 2, ...): a candidate is relevant when its label is > 0, and
 NDCG's gain is 2^label − 1 with the usual log2 discount, against the ideal order of the

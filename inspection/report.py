@@ -18,11 +18,10 @@ import pyarrow as pa
 
 from distill.inspection.ranking import ranking_metrics
 from distill.inspection.summaries import Histogram, Reliability
-from distill.inspection.tokens import TokenStats
+from distill.inspection.tokens import TokenPayload
 from distill.storage.cache import Cache
 from distill.storage.columns import to_matrix
 from distill.storage.fs import join
-from distill.storage.lm_tokens import is_lm_cache
 from distill.storage.records import CacheError, DamagedShard, Plan, TeacherManifest
 
 EXAMPLES = 10
@@ -147,8 +146,9 @@ def inspect_cache(cache: Cache, teachers: list[str] | None = None,
     Every shard is read, and so verified against its recorded sha256 (`Cache.read_shard`):
     a teacher is `complete` only when all of its shards are there and matched."""
     named = name_caches(cache, teachers, used)
-    plans = {pid: cache.load_plan(pid)
-             for pid in sorted({n.m.plan_id for n in named} | set(cache.plan_ids()))}
+    plans = {p.plan_id: p for p in cache.plans()}
+    plans |= {pid: cache.load_plan(pid) for pid in sorted({n.m.plan_id for n in named} - set(plans))}
+    plans = dict(sorted(plans.items()))
     stats = [_TeacherStats(cache, n, plans[n.m.plan_id], labels, groups) for n in named]
     comparisons = []
     for plan in plans.values():
@@ -175,27 +175,19 @@ def inspect_cache(cache: Cache, teachers: list[str] | None = None,
 
 
 class _TeacherStats:
-    """Everything the report says about one teacher cache, added up shard by shard."""
+    """Everything the report says about one teacher cache, added up shard by shard: what every
+    kind shares here, the kind's own summary in `payload` (`PAYLOADS`)."""
 
     def __init__(self, cache: Cache, named: NamedCache, plan: Plan,
                  labels: dict[int, object] | None, groups: dict[int, str] | None = None):
         self.cache, self.named, self.m, self.title = cache, named, named.m, named.title
-        self.groups = groups
-        self.ranked: dict[int, float] = {}     # with groups: sample id -> score of labelled rows
-        self.plan, self.labels = plan, labels
+        self.plan = plan
         m = self.m
         self.entries = cache.published_shards(m.teacher_id)
         self.problems = {i: p for i, e in self.entries.items()
                          if (p := cache.shard_problem(m.teacher_id, e, checksum=False))}
-        self.lm = is_lm_cache(m.columns)
-        self.scores = m.settings.get("num_labels") == 1
-        self.class_names = class_names(m)
-        self.histograms = {k: Histogram() for k in ("entropy", "margin", "mc_entropy", "mc_mutual_info")}
-        self.predicted = Counter()
-        self.tokens = TokenStats() if self.lm else None
-        self.reliability = Reliability() if labels is not None else None
-        self.label_ids = np.fromiter(labels or (), np.int64, len(labels or ()))
-        self.unknown_labels = 0
+        self.kind = m.settings.get("kind", "classification")
+        self.payload = PAYLOADS[self.kind](m, self.entries, labels, groups)
 
     def read(self, index: int) -> pa.Table | None:
         """Shard `index`, verified as it is read; None (and a problem noted) if it is missing
@@ -210,10 +202,46 @@ class _TeacherStats:
 
     def add(self, table: pa.Table) -> np.ndarray | None:
         """Add one shard; return its class probabilities [rows, C] (NaN rows where the teacher
-        failed), or None for a causal-LM cache."""
-        if self.lm:
-            self.tokens.add(table)
-            return None
+        failed) for the teachers' comparison, or None for a kind that has no classes."""
+        return self.payload.add(table)
+
+    def to_json(self) -> dict:
+        m, entries = self.m, self.entries
+        missing = [i for i in range(len(self.plan.shards)) if i not in entries]
+        return {"name": m.name, "title": self.title, "view": self.named.view,
+                "current": self.named.current, "teacher_id": m.teacher_id, "plan_id": m.plan_id,
+                "kind": self.kind,
+                "model": m.settings.get("model"), "num_labels": m.settings.get("num_labels"),
+                "rows": sum(e.rows for e in entries.values()), "shards": len(entries),
+                "plan_shards": len(self.plan.shards), "missing_shards": missing,
+                "bytes": sum(e.bytes for e in entries.values()),
+                "complete": m.complete and not missing and not self.problems,
+                "truncated_rows": sum(e.truncated for e in entries.values()),
+                "nonfinite_rows": sum(e.nonfinite for e in entries.values()),
+                "skipped_rows": self.plan.skipped.total,
+                "problems": list(self.problems.values()), **self.payload.to_json()}
+
+
+class ClassStats:
+    """The summary of a classification or score cache: confidence and MC-dropout histograms,
+    predicted labels, accuracy and calibration on the labelled rows, and with query groups the
+    teacher's ranking metrics."""
+
+    compared = True   # its probabilities join the teachers' agreement and disagreement
+
+    def __init__(self, m: TeacherManifest, entries: dict, labels: dict[int, object] | None,
+                 groups: dict[int, str] | None):
+        self.labels, self.groups = labels, groups
+        self.ranked: dict[int, float] = {}     # with groups: sample id -> score of labelled rows
+        self.scores = m.settings.get("num_labels") == 1
+        self.class_names = class_names(m)
+        self.histograms = {k: Histogram() for k in ("entropy", "margin", "mc_entropy", "mc_mutual_info")}
+        self.predicted = Counter()
+        self.reliability = Reliability() if labels is not None else None
+        self.label_ids = np.fromiter(labels or (), np.int64, len(labels or ()))
+        self.unknown_labels = 0
+
+    def add(self, table: pa.Table) -> np.ndarray:
         logits = to_matrix(table.column("logits"))
         ok = np.isfinite(logits).all(axis=1)
         p = probabilities(logits[ok])
@@ -257,29 +285,10 @@ class _TeacherStats:
         return -1
 
     def to_json(self) -> dict:
-        m, entries = self.m, self.entries
-        missing = [i for i in range(len(self.plan.shards)) if i not in entries]
-        kind = "causal-lm" if self.lm else m.settings.get("kind", "classification")
-        stats = {"name": m.name, "title": self.title, "view": self.named.view,
-                 "current": self.named.current, "teacher_id": m.teacher_id, "plan_id": m.plan_id,
-                 "kind": kind,
-                 "model": m.settings.get("model"), "num_labels": m.settings.get("num_labels"),
-                 "rows": sum(e.rows for e in entries.values()), "shards": len(entries),
-                 "plan_shards": len(self.plan.shards), "missing_shards": missing,
-                 "bytes": sum(e.bytes for e in entries.values()),
-                 "complete": m.complete and not missing and not self.problems,
-                 "truncated_rows": sum(e.truncated for e in entries.values()),
-                 "nonfinite_rows": sum(e.nonfinite for e in entries.values()),
-                 "skipped_rows": self.plan.skipped.total,
-                 "problems": list(self.problems.values())}
-        if self.lm:
-            stats["tokens"] = self.tokens.to_json()
-            stats["padded_head"] = self._padded_head(stats["tokens"]["tokens"])
-            return stats
         h = self.histograms
-        stats.update(mean_entropy=h["entropy"].mean, mean_margin=h["margin"].mean,
-                     predicted={name: self.predicted.get(i, 0) for i, name in enumerate(self.class_names)},
-                     histograms={k: v.to_json() for k, v in h.items() if v.n})
+        stats = {"mean_entropy": h["entropy"].mean, "mean_margin": h["margin"].mean,
+                 "predicted": {name: self.predicted.get(i, 0) for i, name in enumerate(self.class_names)},
+                 "histograms": {k: v.to_json() for k, v in h.items() if v.n}}
         if h["mc_entropy"].n:
             stats["mean_mc_entropy"] = h["mc_entropy"].mean
             stats["mean_mc_mutual_info"] = h["mc_mutual_info"].mean
@@ -288,17 +297,6 @@ class _TeacherStats:
         if self.ranked:
             stats["ranking"] = rank_scores(self.ranked, self.labels, self.groups)
         return stats
-
-
-    def _padded_head(self, tokens: int) -> dict:
-        """Rows of the teacher's output head beyond its tokenizer (never stored) and the mass it
-        put on them: a model trained with those rows masked puts ~0 there, one that did not
-        loses that much probability to ids no text can contain."""
-        settings, entries = self.m.settings, self.entries.values()
-        rows = settings.get("head_rows", settings.get("vocab_size", 0)) - settings.get("vocab_size", 0)
-        return {"padded_rows": rows,
-                "mean_mass": sum(e.padded_mass for e in entries) / tokens if tokens else 0.0,
-                "max_mass": max((e.padded_mass_max for e in entries), default=0.0)}
 
 
 def rank_scores(scores: dict[int, float], labels: dict[int, object], groups: dict[int, str]) -> dict:
@@ -328,17 +326,18 @@ class _PlanComparison:
                  labels: dict[int, object] | None, examples: int):
         self.cache, self.plan, self.labels, self.examples = cache, plan, labels, examples
         self.teachers = teachers
-        classifiers = [s for s in teachers if not s.lm]
+        self.classifiers = classifiers = [s for s in teachers if s.payload.compared]
         self.pairs = {(a, b): [0, 0] for a, b in combinations(classifiers, 2)}
         groups: dict[tuple, list[_TeacherStats]] = {}
         for s in classifiers:
-            groups.setdefault(tuple(s.class_names), []).append(s)
+            groups.setdefault(tuple(s.payload.class_names), []).append(s)
         self.groups = [{"teachers": g, "histogram": Histogram(), "examples": []}
                        for g in groups.values() if len(g) > 1]
 
     def add(self, index: int, probs: dict[_TeacherStats, np.ndarray | None]) -> None:
         for (a, b), counts in self.pairs.items():
-            if a.class_names == b.class_names and probs.get(a) is not None and probs.get(b) is not None:
+            same_classes = a.payload.class_names == b.payload.class_names
+            if same_classes and probs.get(a) is not None and probs.get(b) is not None:
                 both = np.isfinite(probs[a]).all(axis=1) & np.isfinite(probs[b]).all(axis=1)
                 counts[0] += int((probs[a][both].argmax(1) == probs[b][both].argmax(1)).sum())
                 counts[1] += int(both.sum())
@@ -364,7 +363,7 @@ class _PlanComparison:
             r = int(rows[i])
             example = {"disagreement": float(score[i]), "text": texts[r], "row": corpus_rows[r],
                        "sample_id": ids[r], **({"pair": pairs[r]} if pairs else {}),
-                       "predictions": {s.title: {"label": s.class_names[int(p[i].argmax())],
+                       "predictions": {s.title: {"label": s.payload.class_names[int(p[i].argmax())],
                                                  "probability": float(p[i].max())}
                                        for s, p in zip(teachers, probs)}}
             if self.labels is not None and ids[r] in self.labels:
@@ -375,11 +374,11 @@ class _PlanComparison:
     def ranking_json(self, groups: dict[int, str] | None) -> dict | None:
         """The ensemble of this plan's single-score teachers as a ranker: the mean of their raw
         scores over the labelled rows all of them scored (None without groups or scores)."""
-        scorers = [s for s in self.teachers if s.ranked]
+        scorers = [s for s in self.classifiers if s.payload.ranked]
         if groups is None or not scorers:
             return None
-        shared = set.intersection(*(set(s.ranked) for s in scorers))
-        mean = {sid: float(np.mean([s.ranked[sid] for s in scorers])) for sid in shared}
+        shared = set.intersection(*(set(s.payload.ranked) for s in scorers))
+        mean = {sid: float(np.mean([s.payload.ranked[sid] for s in scorers])) for sid in shared}
         return {"plan_id": self.plan.plan_id, "teachers": [s.title for s in scorers],
                 "ensemble": rank_scores(mean, self.labels, groups)}
 
@@ -388,7 +387,7 @@ class _PlanComparison:
         for (a, b), (same, rows) in self.pairs.items():
             entry = {"plan_id": self.plan.plan_id, "a": a.title, "b": b.title, "rows": rows,
                      "agreement": same / rows if rows else None}
-            if a.class_names != b.class_names:
+            if a.payload.class_names != b.payload.class_names:
                 entry["note"] = "different label sets"
             out.append(entry)
         return out
@@ -398,3 +397,8 @@ class _PlanComparison:
                  "rows": g["histogram"].n, "mean": g["histogram"].mean,
                  "histogram": g["histogram"].to_json(), "examples": g["examples"]}
                 for g in self.groups]
+
+
+# Each teacher kind's summary, by the kind its manifest records (a new kind: one entry here and
+# its summary class, torch-free like the rest of inspection/).
+PAYLOADS = {"classification": ClassStats, "causal-lm": TokenPayload}

@@ -24,7 +24,7 @@ def _percent(count: int, total: int) -> str:
 def sections(report: dict, text_width: int | None = None) -> list[Section]:
     """Every table of the report that has rows; `text_width` shortens example texts."""
     teachers = report["teachers"]
-    classifiers = [t for t in teachers if t["kind"] != "causal-lm"]
+    classifiers = [t for t in teachers if "predicted" in t]   # kinds with classes (ClassStats)
     out = [
         Section(f"cache {report['cache']}",
                 ["plan", "source", "rows", "shards", "skipped empty", "skipped non-string"],

@@ -52,7 +52,7 @@ def connect(cache: Cache, teachers: list[str] | None = None,
     """An in-memory DuckDB connection with the `texts` view and one view per teacher (`used`:
     the teacher ids of a config, whose caches are the current ones)."""
     con = duckdb.connect()
-    plans = {p: cache.load_plan(p) for p in cache.plan_ids()}
+    plans = {p.plan_id: p for p in cache.plans()}
     con.register("texts", _concat([_text_table(cache, plan, i) for plan in plans.values()
                                    for i in range(len(plan.shards))],
                                   pa.schema([("plan_id", pa.string()), ("shard", pa.int32()),

@@ -9,6 +9,7 @@ import pyarrow as pa
 from distill.inspection.summaries import Histogram
 from distill.storage.columns import to_matrix
 from distill.storage.lm_tokens import DRAW_COUNTS, TAIL_LOGMASS, TOPK_CODES, decode_logprobs
+from distill.storage.records import TeacherManifest
 
 
 def token_entropy(logprobs: np.ndarray, tail_logmass: np.ndarray) -> np.ndarray:
@@ -69,3 +70,31 @@ class TokenStats:
                 "mean_tail_mass": self.tail_mass.mean, "mean_entropy_nats": entropy.mean,
                 "histograms": {"tail_mass": self.tail_mass.to_json(),
                                "entropy_nats": entropy.to_json()}}
+
+
+class TokenPayload:
+    """The report's summary of a causal-LM cache: its per-token statistics and what its padded
+    output head did."""
+
+    compared = False   # no classes to compare with other teachers
+
+    def __init__(self, m: TeacherManifest, entries: dict, labels=None, groups=None):
+        self.m, self.entries = m, entries
+        self.tokens = TokenStats()
+
+    def add(self, table: pa.Table) -> None:
+        self.tokens.add(table)
+
+    def to_json(self) -> dict:
+        tokens = self.tokens.to_json()
+        return {"tokens": tokens, "padded_head": self._padded_head(tokens["tokens"])}
+
+    def _padded_head(self, tokens: int) -> dict:
+        """Rows of the teacher's output head beyond its tokenizer (never stored) and the mass it
+        put on them: a model trained with those rows masked puts ~0 there, one that did not
+        loses that much probability to ids no text can contain."""
+        settings, entries = self.m.settings, self.entries.values()
+        rows = settings.get("head_rows", settings.get("vocab_size", 0)) - settings.get("vocab_size", 0)
+        return {"padded_rows": rows,
+                "mean_mass": sum(e.padded_mass for e in entries) / tokens if tokens else 0.0,
+                "max_mass": max((e.padded_mass_max for e in entries), default=0.0)}

@@ -7,30 +7,30 @@ it computes, so a new backend is one file with its runner class plus one line he
 it runs. Runners are named by import path and imported only when a model loads: config
 checks and pre-flight stay free of torch.
 
-A backend that runs a converted copy of the model (`onnx`: pipeline/onnx_runner.py) also names
+A backend that runs a converted copy of the model (`onnx`: pipeline/kinds/classification/onnx.py) also names
 a `prepare` function: it makes the copy once (or finds it) and returns the copy's fingerprint,
 which joins the teacher's fingerprint, so a cache says which exact graph computed it.
 
-Kinds: `classification`, `causal-lm`, and `prompt` (a classification teacher whose folder
-holds a prompt pool, pipeline/prompt_teacher.py).
+Kinds (pipeline/kinds/): `classification`, `causal-lm`, and `prompt` (a classification teacher
+whose folder holds a prompt pool); each kind's runners live in its package.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
+from distill.pipeline.errors import ConfigError
+from distill.pipeline.kinds import KINDS, imported
+
 if TYPE_CHECKING:
     from distill.pipeline.config import TeacherConfig
 
 DEFAULT_BACKEND = "torch"
 OPTIONS = ("mc_dropout", "features")  # teacher settings that ask a runner for extra outputs
-KIND_NAMES = {"classification": "a classification teacher", "causal-lm": "a causal-lm teacher",
-              "prompt": "a prompt-based teacher"}
 
 
 class ShardResult(Protocol):
@@ -54,11 +54,6 @@ class TeacherRunner(Protocol):
     # second text, and tokenizes with pipeline/inputs.py like every other runner and the student.
 
 
-def _imported(path: str):
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 @dataclass(frozen=True)
 class Backend:
     runner: str                                # "module:Class" of a TeacherRunner
@@ -71,42 +66,41 @@ class Backend:
     #                                           a backend with one reads `backend_options`
 
     def runner_class(self) -> type[TeacherRunner]:
-        return _imported(self.runner)
+        return imported(self.runner)
 
     def prepared(self, config: TeacherConfig, model_dir: Path, prints: dict[str, str],
                  where: str) -> dict[str, str]:
         """Fingerprint entries of the copy this backend runs (made now if missing); none when
         it runs the model's own files."""
-        return _imported(self.prepare)(config, model_dir, prints, where) if self.prepare else {}
+        return imported(self.prepare)(config, model_dir, prints, where) if self.prepare else {}
 
 
 BACKENDS: dict[tuple[str, str], Backend] = {
-    ("classification", "torch"): Backend("distill.pipeline.runner:ClassificationRunner",
-                                         frozenset({"mc_dropout", "features"}), pairs=True),
-    ("prompt", "torch"): Backend("distill.pipeline.prompt_teacher:PromptTeacherRunner",
+    ("classification", "torch"): Backend(
+        "distill.pipeline.kinds.classification.inference:ClassificationRunner",
+        frozenset({"mc_dropout", "features"}), pairs=True),
+    ("prompt", "torch"): Backend("distill.pipeline.kinds.prompt.teacher:PromptTeacherRunner",
                                  frozenset({"mc_dropout"})),
-    ("causal-lm", "torch"): Backend("distill.pipeline.lm_runner:CausalLMRunner"),
+    ("causal-lm", "torch"): Backend("distill.pipeline.kinds.causal_lm.inference:CausalLMRunner"),
     ("classification", "onnx"): Backend(
-        "distill.pipeline.onnx_runner:OnnxClassificationRunner",
+        "distill.pipeline.kinds.classification.onnx:OnnxClassificationRunner",
         why_not={"mc_dropout": "an ONNX Runtime graph has no dropout at inference",
                  "features": "its export has the logits only"},
         dtypes=frozenset({"float32"}),  # or int8 weights: backend_options.quantize
-        prepare="distill.pipeline.onnx_runner:prepare_export", pairs=True),
+        prepare="distill.pipeline.kinds.classification.onnx:prepare_export", pairs=True),
 }
 
 
 def backend_for(config: TeacherConfig, kind: str, where: str) -> Backend:
     """The backend `config` asks for, checked to run `kind` with every option it sets; else a
     ConfigError naming the key and the choices (raised before any model loads)."""
-    from distill.pipeline.config import ConfigError
-
     key, name = f"{where}: teachers[{config.name}]", config.backend
     names = sorted({b for _, b in BACKENDS})
     if name not in names:
         raise ConfigError(f"{key}.backend: unknown backend '{name}'; choose one of: {', '.join(names)}")
     able = _able(kind)
     if name not in able:
-        raise ConfigError(f"{key}.backend: '{name}' cannot run {KIND_NAMES[kind]}; backends that "
+        raise ConfigError(f"{key}.backend: '{name}' cannot run {KINDS[kind].title}; backends that "
                           f"can: {', '.join(able) or 'none'}")
     backend = BACKENDS[kind, name]
     if backend.dtypes is not None and config.dtype not in backend.dtypes:
@@ -115,14 +109,14 @@ def backend_for(config: TeacherConfig, kind: str, where: str) -> Backend:
     if config.backend_options is not None and backend.prepare is None:
         raise ConfigError(f"{key}.backend_options: '{name}' takes no options; remove them")
     for option in OPTIONS:
-        if getattr(config, option) is None or option in backend.options:
+        if getattr(config, option, None) is None or option in backend.options:
             continue
         others = _able(kind, option)
         if not others:
-            raise ConfigError(f"{key}.{option}: not available for {KIND_NAMES[kind]}; remove it")
+            raise ConfigError(f"{key}.{option}: not available for {KINDS[kind].title}; remove it")
         why = f" ({backend.why_not[option]})" if option in backend.why_not else ""
         raise ConfigError(f"{key}.backend: '{name}' does not compute {option} for "
-                          f"{KIND_NAMES[kind]}{why}; use {' or '.join(others)}, or remove "
+                          f"{KINDS[kind].title}{why}; use {' or '.join(others)}, or remove "
                           f"teachers[{config.name}].{option}")
     return backend
 

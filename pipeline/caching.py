@@ -2,8 +2,8 @@
 
 A `TeacherCache` ties a teacher config to its cache folder: the manifest, which shards are
 still to do, computing and publishing one. What a teacher runs and which columns it writes
-depends on its kind, so each kind is a subclass (`ClassificationCache` here, `CausalLMCache`
-in `pipeline.lm_caching`); `teacher_cache` picks it. The model is loaded on first use, so a
+depends on its kind, so each kind's package has a subclass (`cache.py` in pipeline/kinds/*/);
+`teacher_cache` picks it through the kinds registry. The model is loaded on first use, so a
 re-run over a complete cache (or over only-corrupt shards) does the least teacher work.
 """
 
@@ -13,7 +13,6 @@ import json
 import os
 import threading
 from abc import ABC, abstractmethod
-from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -21,11 +20,10 @@ import pyarrow as pa
 
 from distill.pipeline.backends import TeacherRunner, backend_for
 from distill.pipeline.config import ConfigError, TeacherConfig
-from distill.pipeline.runner import ShardOutput
-from distill.pipeline.teacher import TeacherIdentity, identify, teacher_kind
+from distill.pipeline.kinds import imported, kind_of
+from distill.pipeline.teacher import TeacherIdentity, identify
 from distill.storage import FORMAT_VERSION, code_version
 from distill.storage.cache import Cache
-from distill.storage.columns import fixed_rows, ragged_rows
 from distill.storage.records import CacheError, Plan, ShardEntry, TeacherManifest
 
 
@@ -56,13 +54,9 @@ def release_runner(teacher_id: str) -> None:
 
 
 def teacher_cache(cache: Cache, plan: Plan, config: TeacherConfig, where: str = "config") -> "TeacherCache":
-    """The cache of one teacher, of the class that handles its kind (pipeline.teacher.teacher_kind)."""
-    from distill.pipeline.lm_caching import CausalLMCache  # these import this module: resolved at call time
-    from distill.pipeline.prompt_teacher import PromptTeacherCache
-
-    kinds = {"classification": ClassificationCache, "causal-lm": CausalLMCache,
-             "prompt": PromptTeacherCache}
-    return kinds[teacher_kind(config, f"{where}: teachers[{config.name}].model")](cache, plan, config, where)
+    """The cache of one teacher, of the class its kind names (pipeline/kinds/)."""
+    kind = kind_of(config, f"{where}: teachers[{config.name}].model")
+    return imported(kind.cache)(cache, plan, config, where)
 
 
 class TeacherCache(ABC):
@@ -84,6 +78,7 @@ class TeacherCache(ABC):
         self.identity = identify(config, plan.plan_id, f"{where}: teachers[{config.name}].model")
         self.teacher_id = self.identity.teacher_id
         self._home_pid = os.getpid()
+        self._schema: pa.Schema | None = None
 
     @property
     def runner(self):
@@ -124,7 +119,7 @@ class TeacherCache(ABC):
             fingerprint=self.identity.fingerprint, settings=settings,
             arrow_schema=TeacherManifest.encode_schema(schema))
         recorded = self.cache.start_teacher(manifest)
-        self.__dict__["schema"] = recorded.schema  # what `schema` would read back, known now
+        self._schema = recorded.schema
         return recorded
 
     def pending(self, verify: bool = True) -> tuple[list[int], list[str]]:
@@ -225,62 +220,16 @@ class TeacherCache(ABC):
                                f"its manifest records {self.schema}")
         return self._with_metadata(table, index)
 
-    @cached_property
+    @property
     def schema(self) -> pa.Schema:
         """The schema `start` recorded; read back from the manifest only where `start` ran on
-        another copy of this object (it travels with the object to Ray and Dask workers)."""
-        return self.cache.load_manifest(self.teacher_id).schema
+        another copy of this object (a copy made before `start` travels to Ray and Dask workers)."""
+        if self._schema is None:
+            self._schema = self.cache.load_manifest(self.teacher_id).schema
+        return self._schema
 
     def _with_metadata(self, table: pa.Table, index: int) -> pa.Table:
         meta = {"teacher_id": self.teacher_id, "plan_id": self.plan.plan_id, "shard": index,
                 "name": self.config.name, "format_version": FORMAT_VERSION,
                 "settings": self.identity.settings, "fingerprint": self.identity.fingerprint}
         return table.replace_schema_metadata({"distill": json.dumps(meta, sort_keys=True)})
-
-
-class ClassificationCache(TeacherCache):
-    """Sequence classifiers, relevance and regression teachers: one row of logits per text."""
-
-    kind = "classification"
-
-    def describe(self) -> tuple[dict, pa.Schema]:
-        from transformers import AutoConfig
-
-        model_config = AutoConfig.from_pretrained(self.identity.model_dir, local_files_only=True,
-                                                  trust_remote_code=self.config.trust_remote_code)
-        num_labels = model_config.num_labels
-        if self.config.logits_dtype == "float16" and num_labels < 2:
-            raise ValueError(f"teachers[{self.config.name}].logits_dtype: float16 needs at least "
-                             "2 classes; single scores stay float32 so votes compare exactly")
-        hidden = getattr(model_config, "hidden_size", None)
-        settings = {"num_labels": num_labels, "hidden_size": hidden,
-                    "labels": [model_config.id2label[i] for i in range(num_labels)]}
-        return settings, _schema(self.config, num_labels, hidden)
-
-    def seed_base(self) -> int:
-        return self.config.mc_dropout.seed if self.config.mc_dropout else 0
-
-    def columns(self, out: ShardOutput, valid: np.ndarray) -> dict[str, pa.Array]:
-        logits_type = np.float16 if self.config.logits_dtype == "float16" else np.float32
-        columns = {"logits": fixed_rows(out.logits.astype(logits_type), valid),
-                   "truncated": pa.array(out.truncated)}
-        if out.mc_probs is not None:
-            columns["mc_probs"] = fixed_rows(out.mc_probs.astype(np.float32), valid)
-            columns["mc_entropy"] = pa.array(out.mc_entropy.astype(np.float32), mask=~valid)
-            columns["mc_mutual_info"] = pa.array(out.mc_mutual_info.astype(np.float32), mask=~valid)
-        if out.features is not None:
-            columns["features"] = (ragged_rows(out.features) if isinstance(out.features, list)
-                                   else fixed_rows(out.features, valid))
-        return columns
-
-
-def _schema(config: TeacherConfig, num_labels: int, hidden: int | None) -> pa.Schema:
-    logits = pa.float16() if config.logits_dtype == "float16" else pa.float32()
-    fields = [("sample_id", pa.int64()), ("logits", pa.list_(logits, num_labels)), ("truncated", pa.bool_())]
-    if config.mc_dropout:
-        fields += [("mc_probs", pa.list_(pa.float32(), num_labels)), ("mc_entropy", pa.float32()),
-                   ("mc_mutual_info", pa.float32())]
-    if config.features:
-        vector = pa.list_(pa.float16(), config.features.project_to or hidden)
-        fields.append(("features", vector if config.features.pooling == "mean" else pa.list_(vector)))
-    return pa.schema(fields)

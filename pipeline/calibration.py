@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from distill.inspection.summaries import expected_calibration_error
 from distill.pipeline.config import ConfigError, ContinualConfig, DistillConfig, TeacherConfig
-from distill.pipeline.labels import build_label_space
-from distill.pipeline.teacher import is_prompt_based
+from distill.pipeline.kinds import kind_of
+from distill.pipeline.kinds.classification.labels import build_label_space
 from distill.storage.aligned import AlignedCache
 from distill.storage.columns import to_matrix
 
@@ -79,17 +79,27 @@ def held_out_teachers(config: DistillConfig, names: list[str]) -> list[str]:
     maps = config.tasks is not None and (config.continual or ContinualConfig()).map_teacher_prompts
 
     def needed(teacher: TeacherConfig) -> bool:
-        return config.tasks is None or teacher.kind == "causal-lm" or (
-            maps and is_prompt_based(teacher, f"{config.source}: teachers[{teacher.name}].model"))
+        kind = kind_of(teacher, f"{config.source}: teachers[{teacher.name}].model")
+        return config.tasks is None or kind.eval_always or (maps and kind.prompts)
 
     return [n for n in names if needed(config.teacher(n))]
+
+
+def check_calibratable(config: DistillConfig) -> None:
+    """Only teachers whose section has `calibration` (classification and score teachers) are
+    fitted; a causal-LM teacher's targets are fixed at its `lm.temperature` when cached."""
+    others = [t.name for t in config.teachers if "calibration" not in type(t).model_fields]
+    if others:
+        raise ConfigError(f"{config.source}: teachers {', '.join(others)}: `distill calibrate` fits "
+                          "classification and score teachers; causal-lm targets are cached at "
+                          "teachers[].lm.temperature")
 
 
 def calibrate_teachers(config: DistillConfig, aligned: AlignedCache) -> list[dict]:
     """Fit each teacher on the cached logits over the eval set (`aligned`, built on the config
     `eval_corpus_config` returns). Class teachers get a temperature fitted on the rows whose gold
     class they cover; score teachers get Platt scaling (0/1 labels) or a least-squares map."""
-    from distill.pipeline.evaluate import read_labelled
+    from distill.pipeline.kinds.classification.evaluate import read_labelled
 
     labels = build_label_space(aligned.manifests, config.student.labels if config.student else None,
                                {t.name: t.label_map for t in config.teachers}, config.source)
@@ -149,5 +159,11 @@ def _fit_scores(name: str, scores: np.ndarray, gold: np.ndarray) -> dict:
         kind = "affine"
         before = float(F.mse_loss(x, y))
         after = float(F.mse_loss(x * scale + bias, y))
-    return {"teacher": name, "kind": kind, "scale": scale, "bias": bias, "rows": len(scores),
-            "loss_before": before, "loss_after": after}
+    fit = {"teacher": name, "kind": kind, "scale": scale, "bias": bias, "rows": len(scores),
+           "loss_before": before, "loss_after": after}
+    if scale <= 0:  # stored as fitted: the config is the user's, but they must know what it does
+        fit["warning"] = (f"teacher '{name}': the fitted scale {scale:.3g} is not positive, so its "
+                          "calibrated scores fall as its raw scores rise: on the eval set it ranks "
+                          "relevance backwards (or not at all). Check its training and the eval "
+                          "labels before writing this fit, or leave the teacher out")
+    return fit

@@ -8,24 +8,24 @@ config file, so a config and its data can move together.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from distill.pipeline.backends import DEFAULT_BACKEND, backend_for
-
-
-class ConfigError(ValueError):
-    """A bad config; the message says which file and key, and how to fix it."""
+from distill.pipeline.errors import ConfigError
 
 
 class Strict(BaseModel):
@@ -119,7 +119,16 @@ TRUNCATION_HELP = ("pair corpora: which text is cut when a pair is longer than `
                    "`longest_first`, and flagged truncated), `longest_first`, `only_first`")
 
 
-class TeacherConfig(Strict):
+KIND_HELP = ("`classification`: any `AutoModelForSequenceClassification`; one label = a "
+             "relevance/regression score. `causal-lm`: any `AutoModelForCausalLM`, cached as "
+             "sparse next-token targets (see [causal-lm.md](causal-lm.md)). Each kind has its own "
+             "keys, marked below")
+
+
+class TeacherBase(Strict):
+    """What every kind of teacher has; each kind's section adds its own keys (the teacher
+    section is a union tagged by `kind`: `TeacherConfig`)."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
                       description="unique name (letters, digits, `_ . -`)")
     model: str = Field(description="a folder written by `save_pretrained` (relative to the config), "
@@ -128,11 +137,7 @@ class TeacherConfig(Strict):
                                    "(`prompt_pool.safetensors` beside the weights) is a "
                                    "prompt-based teacher: run with its prompts, also caching its "
                                    "prompt vectors (see [continual.md](continual.md))")
-    kind: Literal["classification", "causal-lm"] = Field(
-        "classification", description="`classification`: any `AutoModelForSequenceClassification`; "
-                                      "one label = a relevance/regression score. `causal-lm`: any "
-                                      "`AutoModelForCausalLM`, cached as sparse next-token targets "
-                                      "(see [causal-lm.md](causal-lm.md))")
+    kind: str = Field(description=KIND_HELP)   # each kind's section narrows it to its literal
     max_length: int = Field(128, ge=2, description="longer texts are truncated, counted per shard "
                                                    "and flagged per row (`truncated`)")
     truncation: Truncation = Field("only_second", description=TRUNCATION_HELP)
@@ -141,13 +146,37 @@ class TeacherConfig(Strict):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="`bfloat16` / `float16` run the forward under autocast")
     device: str = Field("auto", description="`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`, ...")
-    logits_dtype: Literal["float32", "float16"] = Field(
-        "float32", description="`float16` halves the cache for C >= 2 classes; single scores stay "
-                               "float32")
     on_nonfinite: Literal["error", "skip"] = Field(
         "error", description="`error`: a NaN/inf output stops the run naming the teacher, shard and "
                              "rows; `skip`: the row's values are stored as null and counted "
                              "(`nonfinite`)")
+    trust_remote_code: bool = Field(False, description="run the custom model code a teacher "
+                                                       "folder's `config.json` names in `auto_map`; "
+                                                       "without it such a teacher is refused")
+    backend: str = Field(DEFAULT_BACKEND, description="the inference backend that runs the teacher: "
+                                                      "`torch` (PyTorch, Hugging Face "
+                                                      "`transformers`) or `onnx` (ONNX Runtime, "
+                                                      "classification; see "
+                                                      "[backends.md](backends.md)); any other "
+                                                      "than torch enters the teacher id (see "
+                                                      "[cache-format.md](cache-format.md#backends))")
+    backend_options: BackendOptions | None = Field(
+        None, description="`onnx` only: where its export is kept (`export_dir`) and `quantize`")
+
+    # The keys that decide the cached values, besides those `output_settings` (pipeline/teacher.py)
+    # adds when they differ from their defaults.
+    identity_keys: ClassVar[frozenset[str]] = frozenset({"kind", "max_length", "dtype", "on_nonfinite"})
+
+    def for_eval(self) -> "TeacherBase":
+        """This teacher as it runs over the `eval` file: what training alone needs is left out."""
+        return self.model_copy()
+
+
+class ClassificationTeacherConfig(TeacherBase):
+    kind: Literal["classification"] = Field("classification", description=KIND_HELP)
+    logits_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="`float16` halves the cache for C >= 2 classes; single scores stay "
+                               "float32")
     mc_dropout: MCDropoutConfig | None = Field(
         None, description="MC dropout, e.g. `{passes: 16}`: M passes with dropout on "
                           "(`model.train()`, so attention dropout too); stores mean probabilities, "
@@ -163,35 +192,42 @@ class TeacherConfig(Strict):
     calibration: CalibrationConfig | None = Field(
         None, description="applied to the teacher's logits before ensembling (training only; "
                           "recorded in the student's report); `distill calibrate --write` fits it")
-    lm: LMTargetsConfig | None = Field(None, description="causal-lm: sparse per-token targets; "
-                                                         "`{mode: top-k, k: 32}` when left out")
-    trust_remote_code: bool = Field(False, description="run the custom model code a teacher "
-                                                       "folder's `config.json` names in `auto_map`; "
-                                                       "without it such a teacher is refused")
-    backend: str = Field(DEFAULT_BACKEND, description="the inference backend that runs the teacher: "
-                                                      "`torch` (PyTorch, Hugging Face "
-                                                      "`transformers`) or `onnx` (ONNX Runtime, "
-                                                      "classification; see "
-                                                      "[backends.md](backends.md)); any other "
-                                                      "than torch enters the teacher id (see "
-                                                      "[cache-format.md](cache-format.md#backends))")
-    backend_options: BackendOptions | None = Field(
-        None, description="`onnx` only: where its export is kept (`export_dir`) and `quantize`")
 
-    @model_validator(mode="after")
-    def _kind_settings(self) -> "TeacherConfig":
-        if self.kind == "classification":
-            if self.lm is not None:
-                raise ValueError("`lm` is for causal-lm teachers; remove it or set kind: causal-lm")
-            return self
-        unsupported = [key for key in ("mc_dropout", "features", "calibration")
-                       if getattr(self, key) is not None] + (["label_map"] if self.label_map else [])
-        if unsupported:
-            raise ValueError(f"{', '.join(unsupported)}: not available for causal-lm teachers "
-                             "(they cache sparse next-token targets); remove them")
-        if self.lm is None:
-            self.lm = LMTargetsConfig()
-        return self
+    identity_keys: ClassVar[frozenset[str]] = TeacherBase.identity_keys | {
+        "logits_dtype", "mc_dropout", "features"}
+
+    def for_eval(self) -> "ClassificationTeacherConfig":
+        """Only logits are needed over the eval file: no MC dropout, features or calibration."""
+        return self.model_copy(update={"mc_dropout": None, "features": None, "calibration": None})
+
+
+class CausalLMTeacherConfig(TeacherBase):
+    kind: Literal["causal-lm"] = Field(description=KIND_HELP)
+    lm: LMTargetsConfig = Field(default_factory=LMTargetsConfig,
+                                description="sparse per-token targets; `{mode: top-k, k: 32}` "
+                                            "when left out")
+
+    identity_keys: ClassVar[frozenset[str]] = TeacherBase.identity_keys | {"lm"}
+
+
+# The teacher section of each kind (pipeline/kinds/ has the rest of a kind), by its `kind`.
+TEACHER_CONFIGS: dict[str, type[TeacherBase]] = {
+    "classification": ClassificationTeacherConfig, "causal-lm": CausalLMTeacherConfig}
+
+
+def _teacher_kind(value: Any) -> str:
+    """The tag of a teacher section: its `kind`, `classification` when left out."""
+    return value.get("kind", "classification") if isinstance(value, dict) else value.kind
+
+
+TeacherConfig = Annotated[
+    Union[tuple(Annotated[model, Tag(kind)] for kind, model in TEACHER_CONFIGS.items())],
+    Discriminator(_teacher_kind)]
+
+
+def teacher_config(**keys) -> TeacherBase:
+    """A teacher section of the kind `keys` name, validated as in a config file."""
+    return TypeAdapter(TeacherConfig).validate_python(keys)
 
 
 class StudentConfig(Strict):
@@ -214,7 +250,8 @@ class StudentConfig(Strict):
 
 
 class FeatureLossConfig(Strict):
-    """ADM-style feature distillation from cached teacher features (pipeline/features.py)."""
+    """ADM-style feature distillation from cached teacher features
+    (pipeline/kinds/classification/features.py)."""
 
     weight: float = Field(1.0, gt=0, description="added to the logit method's loss with this factor")
     layer: int = Field(-1, description="student hidden-state index")
@@ -519,8 +556,7 @@ def eval_corpus_config(config: DistillConfig) -> DistillConfig:
         update={"path": ev.path, "text_column": ev.text_column, "pair_column": ev.pair_column,
                 "group_column": ev.group_column})
     corpus._section = "eval"
-    teachers = [t.model_copy(update={"mc_dropout": None, "features": None, "calibration": None})
-                for t in config.teachers]
+    teachers = [t.for_eval() for t in config.teachers]
     return config.model_copy(update={"corpus": corpus, "teachers": teachers, "eval": None})
 
 
@@ -541,8 +577,18 @@ def with_runner(config: DistillConfig, **overrides) -> DistillConfig:
 def _explain(error: ValidationError, source: str, prefix: tuple = ()) -> str:
     lines = [f"{source}: invalid config"]
     for err in error.errors():
-        key = ".".join(str(p) for p in prefix + err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
+        loc = prefix + err["loc"]
+        kind = next((p for p in loc[:-1] if p in TEACHER_CONFIGS), None)   # a teacher union's tag
+        loc = tuple(p for p in loc if p != kind) if kind else loc
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        others = [k for k, m in TEACHER_CONFIGS.items() if k != kind and loc[-1] in m.model_fields]
+        if err["type"] == "extra_forbidden" and kind and others:
+            lines.append(f"  {key}: not available for {kind} teachers; remove it or set "
+                         f"kind: {others[0]}")
+        elif err["type"] == "union_tag_invalid":
+            lines.append(f"  {key}.kind: unknown kind {err['ctx']['tag']!r}; choose one of: "
+                         f"{', '.join(TEACHER_CONFIGS)}")
+        elif err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key; remove it or check its spelling "
                          "(see the config reference, docs/config.md)")
         elif err["type"] == "missing":

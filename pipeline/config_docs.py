@@ -41,16 +41,37 @@ BOUNDS = {annotated_types.Ge: ("≥", "ge"), annotated_types.Gt: (">", "gt"),
 def rows(model: type[BaseModel] = DistillConfig, prefix: str = "") -> Iterator[tuple[str, ...]]:
     """(key, type, default, meaning) for every field, depth first: a nested section's row comes
     before its keys, and a list of sections (teachers, tasks) is walked as `key[].field`."""
-    for name, field in model.model_fields.items():
-        if field.exclude:
-            continue
+    yield from _rows([model], prefix)
+
+
+def _rows(models: list[type[BaseModel]], prefix: str) -> Iterator[tuple[str, ...]]:
+    """The keys of one section, or of a union of sections tagged by `kind` (the teachers): each
+    key once, in the first section's order, those of some kinds only saying which."""
+    fields: dict[str, list[tuple[type[BaseModel], FieldInfo]]] = {}
+    for model in models:
+        for name, field in model.model_fields.items():
+            if not field.exclude:
+                fields.setdefault(name, []).append((model, field))
+    for name, owners in fields.items():
+        model, field = owners[0]
         key = f"{prefix}{name}"
         nested, many = _section(field.annotation)
         if many:
             key += "[]"
-        yield key, _type(field), _default(field), field.description or ""
-        if nested is not None:
-            yield from rows(nested, key + ".")
+        meaning = field.description or ""
+        if len(owners) < len(models):
+            kinds = ", ".join(f"`{_kind(m)}`" for m, _ in owners)
+            meaning = f"({kinds} only) {meaning}"
+        kind_field = name == "kind" and len(models) > 1
+        yield (key, " \\| ".join(f"`{_kind(m)}`" for m in models) if kind_field else _type(field),
+               f"`{_kind(models[0])}`" if kind_field else _default(field), meaning)
+        if nested:
+            yield from _rows(nested, key + ".")
+
+
+def _kind(model: type[BaseModel]) -> str:
+    """The tag of one section of a tagged union: its `kind` literal."""
+    return typing.get_args(model.model_fields["kind"].annotation)[0]
 
 
 def missing_descriptions(model: type[BaseModel] = DistillConfig, prefix: str = "") -> list[str]:
@@ -58,20 +79,25 @@ def missing_descriptions(model: type[BaseModel] = DistillConfig, prefix: str = "
     return [key for key, _, _, meaning in rows(model, prefix) if not meaning.strip()]
 
 
-def _section(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
-    """The model a field nests (through `| None` and `list[...]`), and whether it is a list."""
+def _section(annotation: Any) -> tuple[list[type[BaseModel]], bool]:
+    """The models a field nests (through `| None`, `list[...]` and a tagged union), and whether
+    it is a list."""
     many = typing.get_origin(annotation) is list
     for arg in (typing.get_args(annotation) if many else _members(annotation)):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg, many
+        models = [m for m in _members(arg) if isinstance(m, type) and issubclass(m, BaseModel)]
+        if models:
+            return models, many
         if typing.get_origin(arg) is list:
             return _section(arg)
-    return None, False
+    return [], False
 
 
 def _members(annotation: Any) -> tuple:
+    """The members of a union (an `Annotated` one or its members unwrapped), else itself."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _members(typing.get_args(annotation)[0])
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return typing.get_args(annotation)
+        return tuple(m for arg in typing.get_args(annotation) for m in _members(arg))
     return (annotation,)
 
 
@@ -88,6 +114,8 @@ def _name(annotation: Any) -> str:
     if typing.get_origin(annotation) is Literal:
         return " \\| ".join(f"`{v}`" for v in typing.get_args(annotation))
     members = _members(annotation)
+    if all(isinstance(m, type) and issubclass(m, BaseModel) for m in members):
+        return "section"   # one section, or a union of sections tagged by `kind`
     if len(members) > 1:
         return " or ".join("none" if m is type(None) else _name(m) for m in members)
     origin = typing.get_origin(annotation)

@@ -29,7 +29,7 @@ import torch
 
 from distill.pipeline.inputs import encode
 from distill.pipeline.loop import Loop, Progress, linear_warmup, make_accelerator, prepare, start_over
-from distill.pipeline.methods.base import MethodOutput
+from distill.pipeline.methods import MethodOutput
 
 
 def minilm_path() -> Path:

@@ -92,9 +92,9 @@ def unused_caches(cache: Cache, used: UsedCaches) -> list[Unused]:
     out = [Unused("teacher", m.teacher_id, m.name, path := cache.teacher_dir(m.teacher_id),
                   join(path, "manifest.json"), fs.du(path, total=True))
            for m in cache.manifests() if m.teacher_id not in used.teacher_ids]
-    out += [Unused("plan", p, cache.load_plan(p).source, path := cache.plan_dir(p),
+    out += [Unused("plan", p.plan_id, p.source, path := cache.plan_dir(p.plan_id),
                    join(path, "plan.json"), fs.du(path, total=True))
-            for p in cache.plan_ids() if p not in used.plan_ids]
+            for p in cache.plans() if p.plan_id not in used.plan_ids]
     # Caches of another cache format are never used: no config's ids can name them.
     others = sorted(cache.other_formats(), key=lambda o: o.kind != "teacher")
     out += [Unused(o.kind, o.id, f"cache format {o.version}", o.path,

@@ -4,17 +4,19 @@ The classification and causal-LM students (pipeline/trainer.py), continual disti
 (pipeline/continual/trainer.py) and teacher fine-tuning (pipeline/finetune.py) differ only in
 their batches and in the loss of one batch; all of them get here, from one place: epochs x
 batches on accelerate (one process, or DDP over processes/GPUs/nodes, mixed precision where
-the device has it), gradient accumulation, an optimizer and scheduler step per accumulated
-batch, a checkpoint every N steps and at the end (pipeline/checkpoints.py: written whole, with
-checksums, refused with other settings), and an exact resume: the model, optimizer, scheduler
-and every rank's RNG come back from accelerate's state, and the data order is a function of
-(seed, epoch) that the caller's `batches(epoch, first)` starts at the saved batch, so a run
-stopped and resumed ends with the weights of one that never stopped. Training time adds up
+the device has it), gradient accumulation (closed at every epoch's end), an optimizer and
+scheduler step per accumulated group, a checkpoint every N steps and at the end
+(pipeline/checkpoints.py: written whole, with checksums, refused with other settings), and an
+exact resume: the model, optimizer, scheduler and every rank's RNG come back from accelerate's
+state, and the data order is a function of (seed, epoch) that the caller's `batches(epoch,
+first)` starts at the saved batch, so a run stopped and resumed ends with the weights of one
+that never stopped. Training time adds up
 over the legs of a run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 
 from distill.pipeline import checkpoints
+from distill.pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +75,26 @@ def _mixed_precision(setting: str) -> str:
     return "no"
 
 
-def make_accelerator(mixed_precision: str = "auto", grad_accumulation: int = 1):
-    """The accelerator of a run: the GPU when there is one, DDP under `accelerate launch`."""
+def make_accelerator(mixed_precision: str = "auto"):
+    """The accelerator of a run: the GPU when there is one, DDP under `accelerate launch`.
+    Gradient accumulation is the loop's own (`Loop.accumulation`), not accelerate's: accelerate
+    closes an accumulation at the end of an epoch only for DataLoaders it prepared, so over our
+    streams an epoch's last partial group would run on into the next epoch, and a run would make
+    fewer optimizer steps than its schedule counts."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
 
-    return Accelerator(cpu=not torch.cuda.is_available(),
-                       mixed_precision=_mixed_precision(mixed_precision),
-                       gradient_accumulation_steps=grad_accumulation)
+    wanted = _mixed_precision(mixed_precision)
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != wanted:
+        # accelerate keeps one state per process, so a second run with another precision in one
+        # Python session (a notebook, the Python API) would stop with "restart your runtime".
+        # One process can start over; the ranks of a launched DDP job cannot.
+        if PartialState().num_processes > 1:
+            raise ConfigError(f"train.mixed_precision: this job already trains in "
+                              f"{AcceleratorState().mixed_precision}, not {wanted}; launch another "
+                              "job for it")
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=wanted)
 
 
 def linear_warmup(warmup: int, total: int) -> Callable[[int], float]:
@@ -108,7 +124,10 @@ class Loop:
 
     `batches(epoch, first)` yields the epoch's batches from batch `first` on, each with
     `sample_ids` and `weights` (0 for rows that only pad a rank); `loss(model, batch, device)`
-    returns a `MethodOutput`. `begin_epoch(epoch, first)` runs before an epoch's first batch
+    returns a `MethodOutput`. With `accumulation` N > 1, an optimizer step follows every N
+    batches and the last batch of an epoch (`epoch_batches(epoch)` of them), each batch's loss
+    divided by the size of its group, so a step is the mean gradient of its group's batches and
+    every epoch makes ceil(batches / N) steps. `begin_epoch(epoch, first)` runs before an epoch's first batch
     (also when a resume enters it midway), `end_epoch(epoch, state)` after its last; `state` is
     kept in every checkpoint. With `folder` None nothing is checkpointed.
     """
@@ -124,11 +143,22 @@ class Loop:
     folder: Path | None = None
     settings: dict = field(default_factory=dict)
     checkpoint_every: int = 0
+    accumulation: int = 1
+    epoch_batches: Callable[[int], int] | None = None   # needed when accumulation > 1
     begin_epoch: Callable[[int, int], None] = lambda epoch, first: None
     end_epoch: Callable[[int, dict], None] = lambda epoch, state: None
 
     def finished(self, cursor: Cursor) -> bool:
         return cursor.epoch >= self.epochs
+
+    def _group(self, epoch: int, batch: int) -> tuple[int, bool]:
+        """(batches in the accumulation group of `batch`, whether the step follows it)."""
+        if self.accumulation == 1:
+            return 1, True
+        total = self.epoch_batches(epoch)
+        start = batch // self.accumulation * self.accumulation
+        size = min(self.accumulation, total - start)
+        return size, batch + 1 == start + size
 
     def run(self, *, resume: bool = False, max_steps: int | None = None,
             progress: Progress | None = None) -> Cursor:
@@ -154,15 +184,17 @@ class Loop:
             first = cursor.batch if epoch == cursor.epoch else 0
             self.begin_epoch(epoch, first)
             for b, batch in enumerate(self.batches(epoch, first), start=first):
-                with accelerator.accumulate(model):
+                group, step_now = self._group(epoch, b)
+                with contextlib.nullcontext() if step_now else accelerator.no_sync(model):
                     result = self.loss(model, batch, accelerator.device)
-                    accelerator.backward(result.loss)
+                    accelerator.backward(result.loss / group)
+                if step_now:
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 cursor.epoch, cursor.batch = epoch, b + 1
                 cursor.see(batch)
-                if accelerator.sync_gradients:
+                if step_now:
                     cursor.step += 1
                     metrics = {"loss": result.loss.item(), **result.metrics, "epoch": epoch,
                                "lr": scheduler.get_last_lr()[0]}

@@ -26,8 +26,9 @@ from distill.pipeline.config import (
     eval_corpus_config,
 )
 from distill.pipeline.corpus import BUILDERS, data_files, is_saved_dataset
-from distill.pipeline.labels import check_label_map
-from distill.pipeline.teacher import resolve_model_dir, teacher_kind
+from distill.pipeline.folders import resolve_model_dir
+from distill.pipeline.kinds import kind_of, make_method, training_kind
+from distill.pipeline.kinds.classification.labels import check_label_map
 from distill.storage.plan import skip_reason
 
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
@@ -128,15 +129,16 @@ def check_teacher(teacher: TeacherConfig, where: str) -> dict:
     options. Its label_map names only classes of its id2label (the classes its cache will
     record)."""
     folder = resolve_model_dir(teacher.model, where)
-    backend_for(teacher, teacher_kind(teacher, f"{where}: teachers[{teacher.name}].model"), where)
+    backend_for(teacher, kind_of(teacher, f"{where}: teachers[{teacher.name}].model").name, where)
     settings = json.loads((folder / "config.json").read_text())
     if settings.get("auto_map") and not teacher.trust_remote_code:
         raise ConfigError(f"{where}: teachers[{teacher.name}].model: {folder} ships custom model "
                           f"code (auto_map in config.json), which is never run by default; set "
                           f"teachers[{teacher.name}].trust_remote_code: true if you trust it")
     classes = settings.get("id2label")
-    if teacher.label_map and classes:  # without id2label, training checks the cached classes
-        check_label_map(teacher.name, teacher.label_map,
+    label_map = getattr(teacher, "label_map", None)   # a key of classification teachers only
+    if label_map and classes:  # without id2label, training checks the cached classes
+        check_label_map(teacher.name, label_map,
                         [classes[k] for k in sorted(classes, key=int)], where)
     return settings
 
@@ -174,11 +176,8 @@ def check_method(config: DistillConfig, method: str | None) -> None:
     train = config.train
     name = method or (train.method if train else "mean")
     options = train.method_options if train else {}
-    if any(t.kind == "causal-lm" for t in config.teachers):
-        from distill.pipeline.lm_methods import make_token_method as make
-    else:
-        from distill.pipeline.methods import make_method as make
+    kind = training_kind(config.teachers, config.source)
     try:
-        make(name, **options)
+        make_method(kind.name, name, **options)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{config.source}: {'--method' if method else 'train.method'}: {e}") from None

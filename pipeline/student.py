@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from distill.pipeline.config import ConfigError
-from distill.pipeline.labels import LabelSpace
+from distill.pipeline.kinds.classification.labels import LabelSpace
 
 
 def is_head(name: str) -> bool:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distill.pipeline.backends import BACKENDS, DEFAULT_BACKEND
-from distill.pipeline.config import ConfigError, TeacherConfig
+from distill.pipeline.config import TeacherConfig
 from distill.pipeline.continual.files import POOL_FILE, POOL_SETTINGS, has_prompt_pool
+from distill.pipeline.errors import ConfigError
+from distill.pipeline.folders import resolve_model_dir
+from distill.pipeline.kinds import kind_of
 from distill.storage import FORMAT_VERSION
 from distill.storage.fs import sha256_local
 
@@ -31,53 +33,6 @@ class TeacherIdentity:
     model_dir: Path
     fingerprint: dict[str, str]
     settings: dict[str, Any]
-
-
-def resolve_model_dir(model: str, where: str) -> Path:
-    """A local model folder, or a hub id already in the local Hugging Face cache."""
-    path = Path(model)
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ConfigError(f"{where}: {path} has no config.json; point it at a folder "
-                              "written by save_pretrained")
-        check_readable(path, where)
-        return path
-    if path.is_absolute() or model.startswith(".") or model.count("/") > 1:
-        raise ConfigError(f"{where}: model path {model} does not exist; point it at a folder "
-                          "written by save_pretrained")
-    from huggingface_hub import snapshot_download
-
-    try:  # never downloads: teachers must already be on this machine
-        return Path(snapshot_download(model, local_files_only=True))
-    except Exception as e:
-        raise ConfigError(f"{where}: model {model} is neither a local folder nor in the local "
-                          f"Hugging Face cache ({type(e).__name__}). Download it beforehand or "
-                          "use a local path.") from None
-
-
-def check_readable(folder: Path, where: str) -> None:
-    """Every file of a model folder can be read by this process. `save_pretrained` writes
-    model.safetensors with mode 0600, so a folder copied for another user (a container's uid)
-    fails only once the model loads, deep in a flow; here it fails first, naming the file."""
-    for file in sorted(folder.rglob("*")):
-        if file.is_file() and not os.access(file, os.R_OK):
-            raise ConfigError(f"{where}: cannot read {file} (mode {file.stat().st_mode & 0o777:04o}, "
-                              f"owner uid {file.stat().st_uid}, this process uid {os.getuid()}); make "
-                              f"the folder readable, e.g. chmod -R a+rX {folder}")
-
-
-def is_prompt_based(config: TeacherConfig, where: str) -> bool:
-    """A classification teacher whose folder holds a prompt pool: one of our own CDL students
-    trained in `prompts` mode, which is only the model it is together with its prompts
-    (pipeline/prompt_teacher.py). Recognised by its files: there is no right way to run it
-    without them, so no config switch."""
-    return config.kind == "classification" and has_prompt_pool(resolve_model_dir(config.model, where))
-
-
-def teacher_kind(config: TeacherConfig, where: str) -> str:
-    """The kind that picks the teacher's cache class and runner (pipeline/backends.py):
-    `prompt` for a prompt-based teacher, else the config's `kind`."""
-    return "prompt" if is_prompt_based(config, where) else config.kind
 
 
 def fingerprint(model_dir: Path) -> dict[str, str]:
@@ -113,14 +68,12 @@ def _fingerprint(model_dir: Path, state: tuple) -> tuple[tuple[str, str], ...]:
 
 
 def output_settings(config: TeacherConfig) -> dict[str, Any]:
-    """The settings that determine the cached values (batch size and device do not).
-    `lm` enters only when set, so classification teacher ids stay what they were; `backend`
-    only when it is not the default, so every cache written before backends existed (all by
-    torch) keeps its id and stays valid; `truncation` (of pairs) likewise. Of
-    `backend_options` only what changes the outputs enters (`quantize`, not where the export
-    is kept)."""
-    keys = {"kind", "max_length", "dtype", "logits_dtype", "on_nonfinite", "mc_dropout", "features"}
-    keys |= {"lm"} if config.lm else set()
+    """The settings that determine the cached values (batch size and device do not): the kind's
+    `identity_keys`, plus `backend` only when it is not the default, so every cache written
+    before backends existed (all by torch) keeps its id and stays valid, and `truncation` (of
+    pairs) likewise. Of `backend_options` only what changes the outputs enters (`quantize`, not
+    where the export is kept)."""
+    keys = set(config.identity_keys)
     keys |= {"truncation"} if config.truncation != "only_second" else set()
     keys |= {"backend"} if config.backend != DEFAULT_BACKEND else set()
     settings = config.model_dump(include=keys)
@@ -134,7 +87,7 @@ def identify(config: TeacherConfig, plan_id: str, where: str) -> TeacherIdentity
     copy's fingerprint joins the model's (the copy is made here the first time)."""
     model_dir = resolve_model_dir(config.model, where)
     prints = fingerprint(model_dir)
-    backend = BACKENDS.get((teacher_kind(config, where), config.backend))
+    backend = BACKENDS.get((kind_of(config, where).name, config.backend))
     if backend is not None:
         prints |= backend.prepared(config, model_dir, prints, where)
     settings = output_settings(config)

@@ -87,7 +87,11 @@ class Cache:
 
     def plan_ids(self) -> list[str]:
         """The plans of this cache format (`other_formats` lists the others)."""
-        return [i for i, v in self._formats("corpora", "plan.json").items() if v == FORMAT_VERSION]
+        return self._current_ids("corpora", "plan.json")
+
+    def plans(self) -> list[Plan]:
+        """Every plan of this cache format, each file read once."""
+        return self._current("corpora", "plan.json", Plan, "plan_id")
 
     def other_formats(self) -> list[OtherCache]:
         """Plans and teacher caches written in another cache format: never read (their ids are
@@ -96,21 +100,31 @@ class Cache:
         return [OtherCache(kind, i, v, path(i))
                 for kind, folder, marker, path in (("plan", "corpora", "plan.json", self.plan_dir),
                                                    ("teacher", "teachers", "manifest.json", self.teacher_dir))
-                for i, v in self._formats(folder, marker).items() if v != FORMAT_VERSION]
+                for i, (v, _, _) in self._markers(folder, marker).items() if v != FORMAT_VERSION]
 
-    def _formats(self, folder: str, marker: str) -> dict[str, object]:
-        """{id: the format_version its marker records} for the finished sub-folders of `folder`
-        (one request for all markers: object stores fetch them concurrently). A marker that is
-        not JSON counts as this format, so that reading it reports the damage and the fix."""
+    def _markers(self, folder: str, marker: str) -> dict[str, tuple[object, str, bytes]]:
+        """{id: (the format_version its marker records, the marker's path, its bytes)} for the
+        finished sub-folders of `folder`, in one request for all markers (object stores fetch
+        them concurrently), so listing records reads each file once. A marker that is not JSON
+        counts as this format, so that reading it reports the damage and the fix."""
         paths = [self.inside(join(self.root, folder, i, marker)) for i in self._ids_with(folder, marker)]
-        versions = {}
+        found = {}
         for path, data in (self.fs.cat(paths) if paths else {}).items():
             try:
                 version = json.loads(data).get("format_version", FORMAT_VERSION)
             except (ValueError, AttributeError):
                 version = FORMAT_VERSION
-            versions[os.path.basename(os.path.dirname(path))] = version
-        return dict(sorted(versions.items()))
+            found[os.path.basename(os.path.dirname(path))] = (version, path, data)
+        return dict(sorted(found.items()))
+
+    def _current_ids(self, folder: str, marker: str) -> list[str]:
+        return [i for i, (v, _, _) in self._markers(folder, marker).items() if v == FORMAT_VERSION]
+
+    def _current(self, folder: str, marker: str, record: type, key: str) -> list:
+        """The records of this cache format under `folder`, parsed from the listing's bytes."""
+        return [self._named(record.from_json(data, path), key, i, path)
+                for i, (version, path, data) in self._markers(folder, marker).items()
+                if version == FORMAT_VERSION]
 
     def read_text_shard(self, plan: Plan, index: int) -> pa.Table:
         """Plan shard `index`, verified against the sha256 the plan recorded."""
@@ -143,7 +157,7 @@ class Cache:
 
     def teacher_ids(self) -> list[str]:
         """The teacher caches of this cache format (`other_formats` lists the others)."""
-        return [i for i, v in self._formats("teachers", "manifest.json").items() if v == FORMAT_VERSION]
+        return self._current_ids("teachers", "manifest.json")
 
     def find_manifest(self, teacher_id: str) -> TeacherManifest | None:
         path = join(self.teacher_dir(teacher_id), "manifest.json")
@@ -156,7 +170,8 @@ class Cache:
         return manifest
 
     def manifests(self) -> list[TeacherManifest]:
-        return [self.load_manifest(t) for t in self.teacher_ids()]
+        """Every teacher cache of this cache format, each manifest read once."""
+        return self._current("teachers", "manifest.json", TeacherManifest, "teacher_id")
 
     def start_teacher(self, manifest: TeacherManifest) -> TeacherManifest:
         """Record a teacher cache before its first shard, or return the one already there. A

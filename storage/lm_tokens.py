@@ -1,6 +1,6 @@
 """Per-token statistics of causal-LM caches (sparse top-k targets), kept in one place.
 
-The columns are those `pipeline/lm_caching.py` writes (its docstring has the whole contract).
+The columns are those `pipeline/kinds/causal_lm/cache.py` writes (its docstring has the whole contract).
 One row is one sequence; each column is a list over its positions:
 
 - `topk_ids`            list<fixed_size_list<uint16|uint32>[k]>  the k most likely next tokens
@@ -28,8 +28,3 @@ def encode_logprobs(logprobs: np.ndarray) -> np.ndarray:
 
 def decode_logprobs(codes: np.ndarray) -> np.ndarray:
     return codes.astype(np.float32) / -CODES_PER_NAT
-
-
-def is_lm_cache(columns) -> bool:
-    """True for a causal-LM teacher cache (its manifest's or shard's column names)."""
-    return TOPK_IDS in columns or DRAW_COUNTS in columns

@@ -30,14 +30,15 @@ def write_plan(root, texts: list[str], rows_per_shard: int) -> tuple[Cache, Plan
 
 
 def write_teacher(cache: Cache, plan: Plan, name: str, columns: dict, labels: list[str],
-                  shards: list[int] | None = None, version: str = "") -> TeacherManifest:
+                  shards: list[int] | None = None, version: str = "",
+                  kind: str = "classification") -> TeacherManifest:
     """Publish the given shards (all by default; then the manifest is finalized). Another
     `version` is another cache of the same teacher name (say, after its weights changed)."""
     teacher_id = hashlib.sha256(f"{name}|{plan.plan_id}{version}".encode()).hexdigest()[:16]
     manifest = TeacherManifest(
         teacher_id=teacher_id, name=name, plan_id=plan.plan_id, format_version=FORMAT_VERSION,
         code_version="test", fingerprint={}, arrow_schema=TeacherManifest.encode_schema(_schema(columns)),
-        settings={"model": f"handmade/{name}", "kind": "classification",
+        settings={"model": f"handmade/{name}", "kind": kind,
                   "num_labels": len(labels), "labels": labels})
     cache.start_teacher(manifest)
     for index in range(len(plan.shards)) if shards is None else shards:
@@ -114,6 +115,6 @@ def scenario(root) -> tuple[Cache, Plan]:
     write_teacher(cache, plan, "lm", {
         "topk_ids": [np.tile(np.array([[3, 7]], np.int32), (len(t), 1)) for t in LM_TAIL],
         "topk_logprob_codes": [encode_logprobs(lp) for lp in LM_LOGPROBS],
-        "tail_logmass": [t.astype(np.float16) for t in LM_TAIL]}, ["token"])
+        "tail_logmass": [t.astype(np.float16) for t in LM_TAIL]}, ["token"], kind="causal-lm")
     (Path(root) / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LABELS))
     return cache, plan

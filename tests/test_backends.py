@@ -17,10 +17,10 @@ from distill.pipeline.caching import teacher_cache
 from distill.pipeline.config import ConfigError, load_config
 from distill.pipeline.continual.files import POOL_FILE, POOL_SETTINGS
 from distill.pipeline.corpus import plan_corpus
-from distill.pipeline.lm_runner import CausalLMRunner
+from distill.pipeline.kinds.causal_lm.inference import CausalLMRunner
+from distill.pipeline.kinds.classification.inference import ClassificationRunner
+from distill.pipeline.kinds.prompt.teacher import PromptTeacherRunner
 from distill.pipeline.preflight import check_teacher
-from distill.pipeline.prompt_teacher import PromptTeacherRunner
-from distill.pipeline.runner import ClassificationRunner
 from distill.pipeline.teacher import identify
 from distill.storage.cache import Cache
 

@@ -110,3 +110,19 @@ def test_a_teacher_near_chance_gets_a_flat_temperature_and_a_warning():
     assert flat["temperature"] > FLAT_TEMPERATURE and "nearly uniform" in flat["warning"]
     good = _fit_classes("good", informed, gold, np.arange(3))
     assert good["temperature"] < FLAT_TEMPERATURE and "warning" not in good
+
+
+def test_a_score_teacher_that_ranks_backwards_gets_a_warning():
+    """A single-score teacher whose scores fall as relevance rises fits a negative scale: kept as
+    fitted, but said in the fit; a teacher whose scores carry the labels gets none."""
+    from distill.pipeline.calibration import _fit_scores
+
+    rng = np.random.default_rng(0)
+    gold = rng.integers(0, 2, 300).astype(np.float64)
+    scores = 3 * gold + rng.normal(0, 1, 300)
+    backwards = _fit_scores("backwards", -scores, gold)
+    assert backwards["scale"] < 0 and "ranks relevance backwards" in backwards["warning"]
+    graded = _fit_scores("graded", -scores, gold * 0.5 + 0.25 * (gold > 0))   # not 0/1: affine
+    assert graded["kind"] == "affine" and graded["scale"] < 0 and "warning" in graded
+    forwards = _fit_scores("forwards", scores, gold)
+    assert forwards["scale"] > 0 and "warning" not in forwards

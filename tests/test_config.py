@@ -67,7 +67,7 @@ def test_a_label_map_naming_classes_the_cached_teacher_lacks_is_refused():
     """Training checks the map against the classes its cache recorded, whatever pre-flight saw."""
     import pyarrow as pa
 
-    from distill.pipeline.labels import build_label_space
+    from distill.pipeline.kinds.classification.labels import build_label_space
     from distill.storage import FORMAT_VERSION
     from distill.storage.records import TeacherManifest
 

@@ -14,7 +14,7 @@ from distill.pipeline.continual.loss import cdl_loss
 from distill.pipeline.continual.prompts import MappedPrompts, PromptMapping, PromptPool, prompt_vector
 from distill.pipeline.continual.student import ContinualStudent, insert_after_first
 from distill.pipeline.continual.trainer import summarize
-from distill.pipeline.methods.base import TeacherBatch
+from distill.pipeline.kinds.classification.methods.base import TeacherBatch
 
 
 def test_pool_picks_top_k_keys_by_cosine_and_pulls_only_those_keys():

@@ -14,7 +14,7 @@ import tiny
 from distill.flows.caching import cache_teachers
 from distill.flows.cli import app
 from distill.pipeline.config import load_config
-from distill.pipeline.evaluate import macro_f1
+from distill.pipeline.kinds.classification.evaluate import macro_f1
 from distill.pipeline.trainer import train
 from test_cli import one_line_error
 

@@ -9,7 +9,12 @@ import torch
 import tiny
 from distill.flows.caching import cache_teachers
 from distill.pipeline.config import ConfigError, load_config
-from distill.pipeline.features import FeatureDistiller, TeacherFeatures, align, consensus_weights
+from distill.pipeline.kinds.classification.features import (
+    FeatureDistiller,
+    TeacherFeatures,
+    align,
+    consensus_weights,
+)
 from distill.pipeline.trainer import train
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from distill.pipeline.lm_losses import log1mexp, next_token_ce, sparse_kl
+from distill.pipeline.kinds.causal_lm.losses import log1mexp, next_token_ce, sparse_kl
 
 V = 12
 

@@ -4,9 +4,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from distill.pipeline.lm_losses import sparse_kl
-from distill.pipeline.lm_methods import TokenGovern, TokenMean, make_token_method
-from distill.pipeline.lm_targets import SparseTargets, align
+from distill.pipeline.kinds import make_method
+from distill.pipeline.kinds.causal_lm.losses import sparse_kl
+from distill.pipeline.kinds.causal_lm.methods.govern import TokenGovern
+from distill.pipeline.kinds.causal_lm.methods.mean import TokenMean
+from distill.pipeline.kinds.causal_lm.targets import SparseTargets, align
 
 V = 10
 
@@ -84,7 +86,7 @@ def test_single_teacher_mean_is_plain_sparse_kd():
 
 
 def test_methods_without_a_token_level_form_are_refused_by_name():
-    with pytest.raises(ValueError, match="'median' has no token-level form.*govern, mean"):
-        make_token_method("median")
+    with pytest.raises(ValueError, match="'median' has no form for causal-lm teachers.*govern, mean"):
+        make_method("causal-lm", "median")
     with pytest.raises(ValueError, match="unknown options"):
-        make_token_method("mean", teacher=1)
+        make_method("causal-lm", "mean", teacher=1)

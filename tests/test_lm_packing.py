@@ -11,9 +11,9 @@ from transformers import OPTConfig, OPTForCausalLM
 import tiny
 from distill.flows.caching import cache_teachers
 from distill.pipeline.config import ConfigError, load_config
-from distill.pipeline.lm_evaluate import student_logits
-from distill.pipeline.lm_methods import make_token_method
-from distill.pipeline.lm_reader import TokenStream, pack_rows
+from distill.pipeline.kinds import make_method
+from distill.pipeline.kinds.causal_lm.evaluate import student_logits
+from distill.pipeline.kinds.causal_lm.stream import TokenStream, pack_rows
 from distill.pipeline.student import build_lm_student
 from distill.pipeline.trainer import train
 from distill.storage.aligned import AlignedCache
@@ -59,7 +59,7 @@ def test_packed_tokens_get_the_unpacked_logits_and_loss(tmp_path):
     aligned = AlignedCache(cache, [m.teacher_id for m in cache.manifests()])
     model, _ = build_lm_student(tmp_path / "lm", layers=2)
     model.eval()
-    method = make_token_method("mean")
+    method = make_method("causal-lm", "mean")
     plain = TokenStream(aligned, 10, shuffle=False).epoch(0)
     packed = TokenStream(aligned, 10, pack=32, shuffle=False).epoch(0)
     padding = []

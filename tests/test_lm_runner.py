@@ -6,17 +6,17 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import distill.pipeline.lm_runner as lm_runner
+import distill.pipeline.kinds.causal_lm.inference as lm_runner
 import tiny
-from distill.pipeline.config import TeacherConfig
-from distill.pipeline.lm_runner import CausalLMRunner, unique_counts
+from distill.pipeline.config import teacher_config
+from distill.pipeline.kinds.causal_lm.inference import CausalLMRunner, unique_counts
 
 TEXTS = tiny.sentences(23, seed=5, max_words=14)
 VOCAB = len(tiny.WORDS) + 5
 
 
 def _runner(path, **lm):
-    config = TeacherConfig(name="t", model=str(path), kind="causal-lm", max_length=12, batch_size=5,
+    config = teacher_config(name="t", model=str(path), kind="causal-lm", max_length=12, batch_size=5,
                            lm=lm)
     return CausalLMRunner(config, path)
 

@@ -15,7 +15,7 @@ import tiny
 from distill.flows.caching import cache_teachers
 from distill.flows.cli import app
 from distill.pipeline.config import ConfigError, load_config, parse_config
-from distill.pipeline.lm_reader import TokenStream
+from distill.pipeline.kinds.causal_lm.stream import TokenStream
 from distill.pipeline.trainer import train
 from distill.storage.aligned import AlignedCache
 from distill.storage.cache import Cache
@@ -119,6 +119,6 @@ def test_bad_settings_are_refused_with_the_key_and_the_fix(lm_project):
     cache_teachers(str(path))
     with pytest.raises(ConfigError, match="train.temperature is 2.0.*lm.temperature 1.0"):
         train(load_config(path))
-    with pytest.raises(ValueError, match="'median' has no token-level form"):
+    with pytest.raises(ValueError, match="'median' has no form for causal-lm teachers"):
         train(load_config(path).model_copy(update={"train": load_config(path).train.model_copy(
             update={"method": "median", "temperature": 1.0})}))

@@ -20,8 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import tiny
 from distill.flows.caching import cache_teachers
 from distill.inspection.report import inspect_cache
-from distill.pipeline.config import ConfigError, TeacherConfig, load_config
-from distill.pipeline.lm_runner import CausalLMRunner
+from distill.pipeline.config import ConfigError, load_config, teacher_config
+from distill.pipeline.kinds.causal_lm.inference import CausalLMRunner
 from distill.pipeline.trainer import train
 from distill.storage.cache import Cache
 
@@ -44,7 +44,7 @@ def padded(tmp_path_factory):
 
 
 def _runner(path, **lm):
-    config = TeacherConfig(name="t", model=str(path), kind="causal-lm", max_length=16, batch_size=4,
+    config = teacher_config(name="t", model=str(path), kind="causal-lm", max_length=16, batch_size=4,
                            lm=lm)
     return CausalLMRunner(config, path)
 
@@ -125,13 +125,13 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     from pathlib import Path
     import torch
-    from distill.pipeline.config import TeacherConfig
-    from distill.pipeline.lm_runner import CausalLMRunner
+    from distill.pipeline.config import teacher_config
+    from distill.pipeline.kinds.causal_lm.inference import CausalLMRunner
 
     torch.set_num_threads(1)
     path, mode = Path(sys.argv[1]), sys.argv[2]
     lm = {"mode": "top-k", "k": 64} if mode == "top-k" else {"mode": "sampled", "samples": 32}
-    config = TeacherConfig(name="t", model=str(path), kind="causal-lm", max_length=512,
+    config = teacher_config(name="t", model=str(path), kind="causal-lm", max_length=512,
                            batch_size=8, lm=lm)
     runner = CausalLMRunner(config, path)
     texts = [" ".join(["cat", "dog", "w7", "river"][(i + j) % 4] for j in range(600)) for i in range(8)]

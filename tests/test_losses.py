@@ -7,13 +7,13 @@ import torch
 from torch.testing import assert_close
 
 from distill.pipeline.calibration import fit_affine, fit_temperature
-from distill.pipeline.losses import (
+from distill.pipeline.kinds.classification.losses import (
     distill_loss,
     kl_distill,
     mse_scores,
     soft_targets,
-    weighted_mean,
 )
+from distill.pipeline.methods import weighted_mean
 
 LOG2 = math.log(2.0)
 

@@ -6,12 +6,18 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from distill.pipeline.losses import kl_distill, mse_scores
-from distill.pipeline.methods import REGISTRY, make_method
-from distill.pipeline.methods.base import TeacherBatch
-from distill.pipeline.methods.muka import standardise
+from distill.pipeline import kinds
+from distill.pipeline.kinds.classification.losses import kl_distill, mse_scores
+from distill.pipeline.kinds.classification.methods.base import TeacherBatch
+from distill.pipeline.kinds.classification.methods.muka import standardise
 
 NAN = float("nan")
+REGISTRY = kinds.methods("classification")
+
+
+def make_method(name: str, **options):
+    return kinds.make_method("classification", name, **options)
+
 
 
 def classes(probs, valid=None, covered=None, mc_entropy=None) -> TeacherBatch:

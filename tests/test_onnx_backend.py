@@ -1,4 +1,4 @@
-"""The `onnx` backend (pipeline/onnx_runner.py): a tiny BERT exported once with torch.onnx and
+"""The `onnx` backend (pipeline/kinds/classification/onnx.py): a tiny BERT exported once with torch.onnx and
 run by onnxruntime gives the torch backend's logits, caches through the CLI, reuses its export,
 and refuses what it cannot do (and an export that is not what was recorded) on one line."""
 
@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 import tiny
 from distill.flows.cli import app
-from distill.pipeline import onnx_runner
 from distill.pipeline.caching import teacher_cache
 from distill.pipeline.config import ConfigError, load_config
 from distill.pipeline.corpus import plan_corpus
+from distill.pipeline.kinds.classification import onnx as onnx_runner
 from distill.storage.cache import Cache
 from distill.storage.columns import to_matrix
 

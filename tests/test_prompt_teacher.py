@@ -17,15 +17,15 @@ import tiny
 from distill.flows.cli import app
 from distill.pipeline.caches import open_caches
 from distill.pipeline.caching import teacher_cache
-from distill.pipeline.config import TeacherConfig, eval_corpus_config, load_config
+from distill.pipeline.config import eval_corpus_config, load_config, teacher_config
 from distill.pipeline.continual import trainer as continual_trainer
 from distill.pipeline.continual.prompts import PromptPool
 from distill.pipeline.continual.student import ContinualStudent
 from distill.pipeline.continual.teacher_prompts import eval_prompt_vectors
 from distill.pipeline.corpus import plan_corpus
-from distill.pipeline.evaluate import predict, read_labelled
-from distill.pipeline.labels import build_label_space
-from distill.pipeline.prompt_teacher import PromptTeacherRunner
+from distill.pipeline.kinds.classification.evaluate import predict, read_labelled
+from distill.pipeline.kinds.classification.labels import build_label_space
+from distill.pipeline.kinds.prompt.teacher import PromptTeacherRunner
 from distill.storage.cache import Cache
 from distill.storage.columns import to_matrix
 from distill.storage.records import CacheError
@@ -184,7 +184,7 @@ def test_prompt_teacher_runner_uses_the_students_forward_also_with_mc_dropout(tm
     model = AutoModelForSequenceClassification.from_pretrained(tiny.classifier(tmp_path / "m"))
     ContinualStudent(model, PromptPool(size=4, length=2, top_k=2, dim=32, key_dim=32)).save(
         tmp_path / "p", tiny.tokenizer())
-    config = TeacherConfig(name="p", model=str(tmp_path / "p"), max_length=16, batch_size=3,
+    config = teacher_config(name="p", model=str(tmp_path / "p"), max_length=16, batch_size=3,
                            mc_dropout={"passes": 3})
     texts = tiny.sentences(7, seed=5)
     out = PromptTeacherRunner(config, tmp_path / "p").run(texts)

@@ -9,8 +9,9 @@ import pytest
 import tiny
 from distill.flows.caching import cache_teachers
 from distill.pipeline.config import ConfigError
-from distill.pipeline.labels import build_label_space
-from distill.pipeline.reader import CacheStream, prefetch
+from distill.pipeline.kinds.classification.labels import build_label_space
+from distill.pipeline.kinds.classification.stream import ClassificationStream as Stream
+from distill.pipeline.stream import prefetch
 from distill.storage.aligned import AlignedCache
 from distill.storage.cache import Cache
 from distill.storage.records import CacheError
@@ -33,7 +34,7 @@ def _ids(stream, epoch, start=0):
 
 def test_batches_carry_aligned_teacher_logits(cached):
     project, aligned, labels = cached
-    stream = CacheStream(aligned, labels, batch_size=16, shuffle=False)
+    stream = Stream(aligned, labels, batch_size=16, shuffle=False)
     batch = next(stream.epoch(0))
     assert batch.teachers.logits.shape == (16, 2, 4) and batch.teachers.valid.all()
     first = Cache(project.cache).read_shard(aligned.manifests[1].teacher_id, 0)
@@ -48,11 +49,11 @@ def test_shuffle_is_a_function_of_seed_and_epoch(cached, grouped):
     _, aligned, labels = cached
     plan_order = [i for s in range(len(aligned)) for i in
                   aligned.read(s).text.column("sample_id").to_pylist()]
-    a = CacheStream(aligned, labels, batch_size=16, seed=1, group_by_length=grouped)
+    a = Stream(aligned, labels, batch_size=16, seed=1, group_by_length=grouped)
     e0, e1 = _ids(a, 0), _ids(a, 1)
     assert sorted(e0) == sorted(e1) == sorted(plan_order) and e0 != e1 != plan_order
-    assert _ids(CacheStream(aligned, labels, batch_size=16, seed=1, group_by_length=grouped), 0) == e0
-    assert _ids(CacheStream(aligned, labels, batch_size=16, seed=2, group_by_length=grouped), 0) != e0
+    assert _ids(Stream(aligned, labels, batch_size=16, seed=1, group_by_length=grouped), 0) == e0
+    assert _ids(Stream(aligned, labels, batch_size=16, seed=2, group_by_length=grouped), 0) != e0
     assert _ids(a, 1, start=3) == e1[3 * 16:]  # resume mid-epoch = the same remaining batches
 
 
@@ -62,22 +63,22 @@ def test_length_grouping_makes_batches_of_similar_length(cached):
     def spread(stream):   # mean over batches of (longest - shortest text), in characters
         return np.mean([np.ptp([len(t) for t in b.texts]) for b in stream.epoch(0)])
 
-    plain = spread(CacheStream(aligned, labels, batch_size=8, seed=1))
-    grouped = spread(CacheStream(aligned, labels, batch_size=8, seed=1, group_by_length=True))
+    plain = spread(Stream(aligned, labels, batch_size=8, seed=1))
+    grouped = spread(Stream(aligned, labels, batch_size=8, seed=1, group_by_length=True))
     assert grouped < plain / 2, (grouped, plain)
 
 
 @pytest.mark.parametrize("grouped", [False, True])
 def test_two_ranks_see_every_row_once_per_epoch_with_equal_step_counts(cached, grouped):
     _, aligned, labels = cached
-    ranks = [CacheStream(aligned, labels, batch_size=16, seed=3, rank=r, world=2,
+    ranks = [Stream(aligned, labels, batch_size=16, seed=3, rank=r, world=2,
                          group_by_length=grouped) for r in (0, 1)]
     assert ranks[0].batches_per_epoch() == ranks[1].batches_per_epoch() == 5  # 65 rows each
     real = []
     for stream in ranks:
         for b in stream.epoch(0):
             real += [i for i, w in zip(b.sample_ids.tolist(), b.weights.tolist()) if w == 1]
-    single = _ids(CacheStream(aligned, labels, batch_size=16, seed=3, group_by_length=grouped), 0)
+    single = _ids(Stream(aligned, labels, batch_size=16, seed=3, group_by_length=grouped), 0)
     assert sorted(real) == sorted(single) and len(real) == 130
 
 

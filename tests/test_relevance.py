@@ -22,8 +22,8 @@ from distill.pipeline.caches import open_caches
 from distill.pipeline.caching import teacher_cache
 from distill.pipeline.config import ConfigError, load_config
 from distill.pipeline.corpus import plan_corpus
-from distill.pipeline.reader import CacheStream
-from distill.pipeline.trainer import label_space
+from distill.pipeline.kinds.classification.recipe import label_space
+from distill.pipeline.kinds.classification.stream import ClassificationStream
 from distill.storage.aligned import AlignedCache
 from distill.storage.cache import Cache
 from distill.storage.ids import sample_id
@@ -175,7 +175,7 @@ def test_group_batches_hold_whole_groups_each_row_once_per_epoch_on_every_rank(t
     for world in (1, 2):
         seen = []
         for rank in range(world):
-            stream = CacheStream(aligned, labels, batch_size=8, seed=3, rank=rank, world=world,
+            stream = ClassificationStream(aligned, labels, batch_size=8, seed=3, rank=rank, world=world,
                                  by_group=True)
             batches = list(stream.epoch(1))
             assert len(batches) == stream.batches_per_epoch()
@@ -190,7 +190,7 @@ def test_group_batches_hold_whole_groups_each_row_once_per_epoch_on_every_rank(t
                  for i in cache.read_text_shard(plan, s).column("sample_id").to_pylist()]
         assert sorted(seen) == sorted(every)                       # each row exactly once
     # whole groups: a group's rows never span two batches
-    stream = CacheStream(aligned, labels, batch_size=8, seed=3, by_group=True)
+    stream = ClassificationStream(aligned, labels, batch_size=8, seed=3, by_group=True)
     where = {}
     for n, b in enumerate(stream.epoch(0)):
         for key in _group_keys(aligned, b):

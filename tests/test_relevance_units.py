@@ -10,10 +10,19 @@ import torch
 import tiny
 from distill.inspection.ranking import ranking_metrics
 from distill.pipeline.inputs import encode
-from distill.pipeline.losses import listwise_kl, margin_mse, score_gradient, score_loss
-from distill.pipeline.methods import make_method
-from distill.pipeline.methods.base import TeacherBatch
+from distill.pipeline.kinds import make_method
+from distill.pipeline.kinds.classification.losses import (
+    listwise_kl,
+    margin_mse,
+    score_gradient,
+    score_loss,
+)
+from distill.pipeline.kinds.classification.methods.base import TeacherBatch
 from distill.storage.ids import sample_id, sample_ids
+
+
+def score_method(name: str, **options):
+    return make_method("classification", name, **options)
 
 
 def assert_close(a, b, tol=1e-5):
@@ -170,7 +179,7 @@ def loss_and_grad(method, student, teachers):
 def test_target_rules_distil_their_target_with_the_chosen_loss(name, target, loss):
     teachers = batch(OUTLIER, ONE_GROUP)
     student = torch.tensor([[0.5], [0.0], [-0.5]])
-    out = make_method(name, temperature=1.0, loss=loss)(student, teachers)
+    out = score_method(name, temperature=1.0, loss=loss)(student, teachers)
     expected = score_loss(loss, student, torch.tensor(target)[:, None], 1.0, teachers.groups,
                           torch.ones(3))
     assert_close(out.loss, expected)
@@ -179,7 +188,7 @@ def test_target_rules_distil_their_target_with_the_chosen_loss(name, target, los
 @pytest.mark.parametrize("loss", ["pointwise", "listwise", "margin_mse"])
 def test_govern_outvotes_the_outlier_per_candidate_in_every_loss(loss):
     teachers = batch(OUTLIER, ONE_GROUP)
-    out, grad = loss_and_grad(make_method("govern", temperature=1.0, loss=loss),
+    out, grad = loss_and_grad(score_method("govern", temperature=1.0, loss=loss),
                               torch.zeros(3, 1), teachers)
     rates = [out.metrics[f"govern/agreement/{k}"] for k in range(3)]
     assert rates[2] < rates[0] and rates[2] < rates[1]          # the outlier is outvoted most
@@ -192,7 +201,7 @@ def test_govern_outvotes_the_outlier_per_candidate_in_every_loss(loss):
 def test_govern_listwise_step_is_the_mean_gradient_of_the_majority_per_candidate():
     teachers = batch(OUTLIER, ONE_GROUP)
     student = torch.zeros(3, 1)
-    _, grad = loss_and_grad(make_method("govern", temperature=1.0, loss="listwise"), student, teachers)
+    _, grad = loss_and_grad(score_method("govern", temperature=1.0, loss="listwise"), student, teachers)
     per_teacher = torch.stack([score_gradient("listwise", student, teachers.logits[:, k], 1.0,
                                               teachers.groups) for k in range(3)], 1)[..., 0]
     signs = per_teacher.sign()
@@ -204,7 +213,7 @@ def test_govern_listwise_step_is_the_mean_gradient_of_the_majority_per_candidate
 def test_govern_groups_are_voted_and_centred_apart():
     scores = OUTLIER + [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
     teachers = batch(scores, [0, 0, 0, 1, 1])
-    _, grad = loss_and_grad(make_method("govern", temperature=1.0, loss="margin_mse"),
+    _, grad = loss_and_grad(score_method("govern", temperature=1.0, loss="margin_mse"),
                             torch.zeros(5, 1), teachers)
     assert_close(grad[:3].sum(), 0.0)
     assert_close(grad[3:].sum(), 0.0)
@@ -215,7 +224,7 @@ def test_an_invalid_teacher_row_neither_votes_nor_joins_its_group_for_that_teach
     valid = [[True, True, False], [True, True, True], [True, True, True]]
     teachers = batch([[2.0, 2.2, float("nan")], [0.0, 0.2, 0.0], [-2.0, -1.8, 3.0]], ONE_GROUP, valid)
     teachers.logits = teachers.logits.nan_to_num(0.0)
-    out, grad = loss_and_grad(make_method("govern", temperature=1.0, loss="listwise"),
+    out, grad = loss_and_grad(score_method("govern", temperature=1.0, loss="listwise"),
                               torch.zeros(3, 1), teachers)
     assert torch.isfinite(grad).all()
     votes_of_2 = out.metrics["govern/agreement/2"]

@@ -27,7 +27,7 @@ from distill.pipeline import caching
 from distill.pipeline.caching import teacher_cache
 from distill.pipeline.config import ConfigError, load_config, with_runner
 from distill.pipeline.corpus import plan_corpus
-from distill.pipeline.runner import ClassificationRunner
+from distill.pipeline.kinds.classification.inference import ClassificationRunner
 from distill.storage.cache import Cache
 
 

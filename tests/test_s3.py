@@ -24,8 +24,8 @@ import tiny
 from distill.flows.caching import cache_teachers
 from distill.flows.cli import app
 from distill.pipeline.config import load_config
-from distill.pipeline.labels import build_label_space
-from distill.pipeline.reader import CacheStream
+from distill.pipeline.kinds.classification.labels import build_label_space
+from distill.pipeline.kinds.classification.stream import ClassificationStream
 from distill.pipeline.trainer import train
 from distill.storage import FORMAT_VERSION
 from distill.storage.aligned import AlignedCache
@@ -127,7 +127,7 @@ def shard_reads(monkeypatch):
 def test_the_reader_fetches_shards_one_window_at_a_time(s3_project, shard_reads):
     project, config = s3_project
     aligned = AlignedCache(Cache(load_config(config).cache), ["a", "b"])
-    stream = CacheStream(aligned, build_label_space(aligned.manifests), 8, buffer_shards=1)
+    stream = ClassificationStream(aligned, build_label_space(aligned.manifests), 8, buffer_shards=1)
     batches = stream.epoch(0)
     next(batches)
     assert len(shard_reads) == 3  # one text shard and its two teacher shards, not the cache

@@ -6,7 +6,7 @@ import torch
 
 import tiny
 from distill.pipeline.config import ConfigError
-from distill.pipeline.labels import LabelSpace
+from distill.pipeline.kinds.classification.labels import LabelSpace
 from distill.pipeline.student import build_student, pick_layers
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distill.pipeline.losses import kl_distill, weighted_mean
-from distill.pipeline.methods.base import TeacherBatch
+from distill.pipeline.kinds.classification.losses import kl_distill
+from distill.pipeline.kinds.classification.methods.base import TeacherBatch
+from distill.pipeline.methods import weighted_mean
 
 
 def task_targets(teachers: TeacherBatch, classes: torch.Tensor,

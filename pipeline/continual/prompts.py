@@ -10,7 +10,7 @@ coefficient is `continual.match_weight`).
 built like a CODA-Prompt module: for the teacher's length-averaged prompt vector v
 (`prompt_vector`: the mean of the prompts it selected for the input), alpha_n = cos(v * A_n, K_n)
 and the student prompt is sum_n alpha_n P_n. `MappedPrompts` holds one mapping per prompt-based
-teacher: a teacher is one of our own prompt-mode students (pipeline/prompt_teacher.py caches its
+teacher: a teacher is one of our own prompt-mode students (pipeline/kinds/prompt/teacher.py caches its
 vectors beside its logits), and each teacher's pool is its own coordinate system, so vectors of
 two teachers are never averaged. Plain Hugging Face teachers have no prompts: logits only.
 """

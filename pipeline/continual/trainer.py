@@ -1,7 +1,7 @@
 """Continual distillation: learn the config's tasks in order from their teacher caches.
 
 Each task's teachers were cached over its own corpus slice (`distill cache CONFIG --task NAME`),
-so a task is an ordinary single-corpus cache read by `CacheStream`, its teacher logits mapped
+so a task is an ordinary single-corpus cache read by `ClassificationStream`, its teacher logits mapped
 into the student's label space: the tasks' labels in task order. Per task (a "stage"), the
 optimizer and schedule start afresh (as in the paper's code) and the student distils the task's
 classes with `cdl_loss`. After each stage it is evaluated on the labelled `eval` rows of every
@@ -11,7 +11,7 @@ which fills the accuracy matrix A[i][j] = accuracy on task j after training task
 Modes: `prompts` is CDL-Prompt with an L2P pool and a frozen backbone; `finetune` trains the whole
 plain classifier task after task with the same loss (the forgetting baseline); `joint` trains
 once on all tasks' caches with all classes (the upper bound). In `prompts` mode, when teacher
-caches carry prompt vectors (prompt-based teachers, pipeline/prompt_teacher.py), the student also
+caches carry prompt vectors (prompt-based teachers, pipeline/kinds/prompt/teacher.py), the student also
 learns one attention-based mapping per such teacher (CDL-Prompt v1, `MappedPrompts`) unless
 `continual.map_teacher_prompts` is false; evaluation then reads the teachers' vectors for the
 eval rows from their cache of the `eval` file (`eval_prompt_vectors`), so no teacher is loaded.
@@ -40,13 +40,15 @@ from distill.pipeline.continual.loss import cdl_loss
 from distill.pipeline.continual.prompts import MappedPrompts, PromptPool
 from distill.pipeline.continual.student import ContinualStudent
 from distill.pipeline.continual.teacher_prompts import eval_prompt_vectors, prompt_widths
-from distill.pipeline.evaluate import predict, read_labelled
-from distill.pipeline.labels import LabelSpace, build_label_space
+from distill.pipeline.kinds.classification.evaluate import predict, read_labelled
+from distill.pipeline.kinds.classification.labels import LabelSpace, build_label_space
+from distill.pipeline.kinds.classification.recipe import source_label_map, teacher_batch_to
+from distill.pipeline.kinds.classification.stream import ClassificationStream
 from distill.pipeline.loop import Loop, Progress, linear_warmup, make_accelerator, prepare, start_over
-from distill.pipeline.methods.base import MethodOutput
-from distill.pipeline.reader import CacheStream, prefetch
+from distill.pipeline.methods import MethodOutput
+from distill.pipeline.recipe import student_source
+from distill.pipeline.stream import prefetch
 from distill.pipeline.student import build_student
-from distill.pipeline.trainer import source_label_map, student_source, teacher_batch_to
 from distill.storage.records import CacheError
 
 
@@ -54,7 +56,7 @@ from distill.storage.records import CacheError
 class Task:
     name: str
     classes: torch.Tensor       # student class indices of this task's labels
-    stream: CacheStream
+    stream: ClassificationStream
     teacher_ids: list[str]
 
 
@@ -82,7 +84,7 @@ def open_tasks(config: DistillConfig, batch_size: int, seed: int, rank: int = 0,
         if not space.covered[:, classes].all(1).any():
             raise ConfigError(f"{config.source}: tasks[{task.name}].labels: no teacher predicts all of "
                               f"{task.labels}; map teacher classes onto them with teachers[].label_map")
-        stream = CacheStream(aligned, space, batch_size, seed=seed, group_by_length=True,
+        stream = ClassificationStream(aligned, space, batch_size, seed=seed, group_by_length=True,
                              rank=rank, world=world)
         tasks.append(Task(task.name, classes, stream, [m.teacher_id for m in aligned.manifests]))
     return space, tasks
@@ -131,9 +133,12 @@ class Curriculum:
     def total_epochs(self) -> int:
         return len(self.stages) * self.epochs
 
+    def epoch_batches(self, epoch: int) -> int:
+        return sum(t.stream.batches_per_epoch() for t in self.stages[epoch // self.epochs])
+
     def stage_steps(self) -> list[int]:
-        return [self.epochs * -(-sum(t.stream.batches_per_epoch() for t in stage) // self.accumulation)
-                for stage in self.stages]
+        return [self.epochs * -(-self.epoch_batches(i * self.epochs) // self.accumulation)
+                for i in range(len(self.stages))]
 
     def schedule(self, step: int) -> float:
         """The learning-rate factor at optimizer step `step` of the whole run."""
@@ -234,7 +239,7 @@ def train_continual(config: DistillConfig, *, mode: str | None = None, resume: b
     if config.eval is None:
         raise ConfigError(f"{config.source}: continual training reports per-task accuracy; add "
                           "`eval: {path: ..., label_column: label}` with rows of the tasks' labels")
-    accelerator = make_accelerator(train_cfg.mixed_precision, train_cfg.grad_accumulation)
+    accelerator = make_accelerator(train_cfg.mixed_precision)
     set_seed(train_cfg.seed)
     out = Path(train_cfg.output)
     folder = out / "checkpoints"
@@ -278,7 +283,8 @@ def train_continual(config: DistillConfig, *, mode: str | None = None, resume: b
     loop = Loop(accelerator, model, optimizer, scheduler, curriculum.total_epochs,
                 sum(curriculum.stage_steps()), batches=curriculum.batches, loss=loss, folder=folder,
                 settings=run_settings(config, mode, space, tasks, accelerator.num_processes),
-                checkpoint_every=train_cfg.checkpoint_every,
+                checkpoint_every=train_cfg.checkpoint_every, accumulation=train_cfg.grad_accumulation,
+                epoch_batches=curriculum.epoch_batches,
                 begin_epoch=lambda epoch, first: curriculum.enter(epoch, first, optimizer),
                 end_epoch=end_epoch)
     cursor = loop.run(resume=resume, max_steps=max_steps, progress=progress)
