@@ -185,7 +185,9 @@ def encoder_figures(work: Path, teacher: Teacher, texts: list[str], args, peak, 
     lengths = token_counts(model, texts, MAX_LENGTH)
     flops = sum(encoder_flops(config, n) for n in lengths)
     engines = {"torch bf16": {"dtype": "bfloat16"}}
-    if args.device == "cuda" and ort_cuda():
+    if args.device != "cuda":
+        print(f"  {teacher.name}: onnx on CUDA not measured in a CPU smoke run")
+    elif ort_cuda():
         engines["onnx cuda fp32"] = {"backend": "onnx",
                                      "backend_options": {"export_dir": str(work / "exports")}}
     else:
