@@ -2,7 +2,7 @@
 # GPU figures on one CUDA machine in one run of at most 8 minutes (bench/gpu.py says what it
 # measures): cache rows/s and MFU of all-MiniLM-L6-v2 and all-mpnet-base-v2 in bfloat16 with the
 # torch backend (and ONNX Runtime's CUDA provider when onnxruntime-gpu is installed), then
-# SmolLM2-135M top-k caching in tokens/s. Then the CUDA runner tests. Nothing is downloaded.
+# SmolLM2-135M top-k caching in tokens/s. Then the CUDA inference tests. Nothing is downloaded.
 #
 # Two ways to have distill's dependencies there:
 # - .whl/ (from `python bench/gpu_wheels.py download`): the wheels the GPU image lacks are
@@ -33,4 +33,4 @@ elif [ -f .venv/bin/activate ]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 timeout 390 python3 bench/gpu.py "$@"
-timeout 45 python3 -m pytest -q -p no:cacheprovider tests/test_runner.py tests/test_onnx_backend.py -k cuda
+timeout 45 python3 -m pytest -q -p no:cacheprovider tests/test_inference.py tests/test_onnx_backend.py -k cuda

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
-from distill.pipeline.caching import release_runner, teacher_cache  # noqa: E402
+from distill.pipeline.caching import release_inference, teacher_cache  # noqa: E402
 from distill.pipeline.config import CorpusConfig, teacher_config  # noqa: E402
 from distill.pipeline.corpus import plan_corpus  # noqa: E402
 from distill.pipeline.kinds.causal_lm.inference import load_causal_lm  # noqa: E402
@@ -79,7 +79,7 @@ def build_caches(root: Path, model_dir: Path, rows: int, batch: int):
         for index in teacher.pending()[0]:
             teacher.compute(index)
         teacher.finalize()
-        release_runner(teacher.teacher_id)
+        release_inference(teacher.teacher_id)
     names = [n.replace(" ", "_").replace("=", "") for n in MODES]
     return cache, AlignedCache(cache, names)
 

@@ -1,5 +1,5 @@
 """Peak memory of caching a real 262,144-token teacher (Gemma-3-270M) at batch 8 x 512 tokens
-(bench/README.md, "Causal-LM memory"): the teacher's runner (`CausalLMRunner`, the path
+(bench/README.md, "Causal-LM memory"): the teacher's runner (`CausalLMInference`, the path
 `distill cache` takes) over 8 texts of 512 tokens (WordNet glosses joined), in a fresh process
 per mode so each peak is its own.
 
@@ -41,12 +41,12 @@ def measure(mode: str, model_dir: Path) -> dict:
     import torch
 
     from distill.pipeline.config import teacher_config
-    from distill.pipeline.kinds.causal_lm.inference import CausalLMRunner
+    from distill.pipeline.kinds.causal_lm.inference import CausalLMInference
 
     torch.set_num_threads(2)
     config = teacher_config(name="gemma", model=str(model_dir), kind="causal-lm", max_length=LENGTH,
                            batch_size=BATCH, lm=MODES[mode])
-    runner = CausalLMRunner(config, model_dir)
+    runner = CausalLMInference(config, model_dir)
     glosses = wordnet_texts("pool")
     texts = [" ".join(glosses[i * 60:(i + 1) * 60]) for i in range(BATCH)]   # > 512 tokens each
     weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())

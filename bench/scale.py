@@ -72,7 +72,7 @@ timed("distill.flows.cli", None, "_checked", "config + preflight")
 timed("distill.flows.server", "ApiServer", "__init__", "server spawn")
 timed("distill.flows.server", "ApiServer", "wait", "server wait")
 timed("distill.flows.caching", None, "plan_corpus", "plan")
-timed("distill.pipeline.caching", None, "load_runner", "model load")
+timed("distill.pipeline.caching", None, "load_inference", "model load")
 timed("distill.flows.tables", None, "print_cache_summary", "summary")
 try:
     cli.app()

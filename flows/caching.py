@@ -23,7 +23,7 @@ from distill.flows.handoff import announce_if_complete, announce_teacher
 from distill.flows.progress import reporter
 from distill.flows.runners import check_installed, cluster_scope, shard_runner
 from distill.flows.server import exit_with_parent
-from distill.pipeline.caching import NonFiniteOutput, TeacherCache, release_runner, teacher_cache
+from distill.pipeline.caching import NonFiniteOutput, TeacherCache, release_inference, teacher_cache
 from distill.pipeline.calibration import held_out_teachers
 from distill.pipeline.config import ConfigError, DistillConfig, eval_corpus_config, load_config
 from distill.pipeline.corpus import plan_corpus
@@ -122,7 +122,7 @@ def cache_teacher(config: str | DistillConfig, teacher: str, plan: Plan | None =
                 future.wait()
                 if config.runner.kind != "threads" and future.state.is_completed():
                     report.advance(teacher, future.result())  # workers' progress stays with them
-    release_runner(cached.teacher_id)
+    release_inference(cached.teacher_id)
     failed = [f for f in futures if f.state.is_failed()]
     if failed:
         failed[0].result()  # re-raise the first failure after every other shard has landed

@@ -1,1 +1,1 @@
-"""The ML core: corpus plans, teacher runners, ensemble methods, losses, student trainer."""
+"""The ML core: corpus plans, teacher inference, ensemble methods, losses, student trainer."""

@@ -1,10 +1,10 @@
-"""Inference backends: which runner runs a teacher, chosen by its kind and `teachers[].backend`.
+"""Inference backends: what runs a teacher's inference, chosen by its kind and `teachers[].backend`.
 
-A runner (`TeacherRunner`) is built from the teacher's config and model folder and runs one
+Its inference class (`TeacherInference`) is built from the teacher's config and model folder and runs one
 shard's texts; the cache classes (pipeline/caching.py) only call `run` and write what it
-returns. `BACKENDS` maps (kind, backend) to the runner's import path and the optional outputs
-it computes, so a new backend is one file with its runner class plus one line here per kind
-it runs. Runners are named by import path and imported only when a model loads: config
+returns. `BACKENDS` maps (kind, backend) to the inference class's import path and the optional outputs
+it computes, so a new backend is one file with its inference class plus one line here per kind
+it runs. Inference classes are named by import path and imported only when a model loads: config
 checks and pre-flight stay free of torch.
 
 A backend that runs a converted copy of the model (`onnx`: pipeline/kinds/classification/onnx.py) also names
@@ -12,7 +12,7 @@ a `prepare` function: it makes the copy once (or finds it) and returns the copy'
 which joins the teacher's fingerprint, so a cache says which exact graph computed it.
 
 Kinds (pipeline/kinds/): `classification`, `causal-lm`, and `prompt` (a classification teacher
-whose folder holds a prompt pool); each kind's runners live in its package.
+whose folder holds a prompt pool); each kind's inference classes live in its package.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from distill.pipeline.config import TeacherConfig
 
 DEFAULT_BACKEND = "torch"
-OPTIONS = ("mc_dropout", "features")  # teacher settings that ask a runner for extra outputs
+OPTIONS = ("mc_dropout", "features")  # teacher settings that ask the inference for extra outputs
 
 
 class ShardResult(Protocol):
@@ -41,9 +41,9 @@ class ShardResult(Protocol):
     def finite_rows(self) -> np.ndarray: ...
 
 
-class TeacherRunner(Protocol):
+class TeacherInference(Protocol):
     """One loaded teacher. `run` must be thread-safe (a teacher's shard tasks share it) and
-    deterministic in (texts, seed); `on_rows(n)` reports progress. A causal-lm runner also
+    deterministic in (texts, seed); `on_rows(n)` reports progress. A causal-lm one also
     has `vocab_size`, the width of its output head (it sets the id type of the cached tokens)."""
 
     def __init__(self, config: TeacherConfig, model_dir: Path) -> None: ...
@@ -51,12 +51,12 @@ class TeacherRunner(Protocol):
     def run(self, texts: list[str], seed: int = 0,
             on_rows: Callable[[int], None] | None = None) -> ShardResult: ...
     # A backend that reads pairs (`Backend.pairs`) also takes `pairs: list[str]`, each text's
-    # second text, and tokenizes with pipeline/inputs.py like every other runner and the student.
+    # second text, and tokenizes with pipeline/inputs.py like every other backend and the student.
 
 
 @dataclass(frozen=True)
 class Backend:
-    runner: str                                # "module:Class" of a TeacherRunner
+    inference: str                             # "module:Class" of a TeacherInference
     options: frozenset[str] = frozenset()     # the OPTIONS it computes
     pairs: bool = False                        # whether `run` takes pairs (pair corpora)
     why_not: dict[str, str] = field(default_factory=dict)  # option it lacks -> why (in the refusal)
@@ -65,8 +65,8 @@ class Backend:
     #                                           where) -> the converted copy's fingerprint entries;
     #                                           a backend with one reads `backend_options`
 
-    def runner_class(self) -> type[TeacherRunner]:
-        return imported(self.runner)
+    def inference_class(self) -> type[TeacherInference]:
+        return imported(self.inference)
 
     def prepared(self, config: TeacherConfig, model_dir: Path, prints: dict[str, str],
                  where: str) -> dict[str, str]:
@@ -77,13 +77,13 @@ class Backend:
 
 BACKENDS: dict[tuple[str, str], Backend] = {
     ("classification", "torch"): Backend(
-        "distill.pipeline.kinds.classification.inference:ClassificationRunner",
+        "distill.pipeline.kinds.classification.inference:ClassificationInference",
         frozenset({"mc_dropout", "features"}), pairs=True),
-    ("prompt", "torch"): Backend("distill.pipeline.kinds.prompt.teacher:PromptTeacherRunner",
+    ("prompt", "torch"): Backend("distill.pipeline.kinds.prompt.teacher:PromptTeacherInference",
                                  frozenset({"mc_dropout"})),
-    ("causal-lm", "torch"): Backend("distill.pipeline.kinds.causal_lm.inference:CausalLMRunner"),
+    ("causal-lm", "torch"): Backend("distill.pipeline.kinds.causal_lm.inference:CausalLMInference"),
     ("classification", "onnx"): Backend(
-        "distill.pipeline.kinds.classification.onnx:OnnxClassificationRunner",
+        "distill.pipeline.kinds.classification.onnx:OnnxClassificationInference",
         why_not={"mc_dropout": "an ONNX Runtime graph has no dropout at inference",
                  "features": "its export has the logits only"},
         dtypes=frozenset({"float32"}),  # or int8 weights: backend_options.quantize

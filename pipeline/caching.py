@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from distill.pipeline.backends import TeacherRunner, backend_for
+from distill.pipeline.backends import TeacherInference, backend_for
 from distill.pipeline.config import ConfigError, TeacherConfig
 from distill.pipeline.kinds import imported, kind_of
 from distill.pipeline.teacher import TeacherIdentity, identify
@@ -31,26 +31,26 @@ class NonFiniteOutput(ValueError):
     """A teacher produced NaN or inf; the message names the teacher, shard and rows."""
 
 
-_RUNNERS: dict[str, TeacherRunner] = {}
-_RUNNERS_LOCK = threading.Lock()
+_LOADED: dict[str, TeacherInference] = {}
+_LOADED_LOCK = threading.Lock()
 
 
-def load_runner(identity: TeacherIdentity, config: TeacherConfig,
-                runner_class: type[TeacherRunner], alone: bool = False) -> TeacherRunner:
+def load_inference(identity: TeacherIdentity, config: TeacherConfig,
+                inference_class: type[TeacherInference], alone: bool = False) -> TeacherInference:
     """One loaded model per teacher id and process, shared by all of its shard tasks; `alone`
     first drops every other teacher's model (a cluster worker keeps one teacher at a time)."""
-    with _RUNNERS_LOCK:
+    with _LOADED_LOCK:
         if alone:
-            for other in [k for k in _RUNNERS if k != identity.teacher_id]:
-                del _RUNNERS[other]
-        if identity.teacher_id not in _RUNNERS:
-            _RUNNERS[identity.teacher_id] = runner_class(config, identity.model_dir)
-        return _RUNNERS[identity.teacher_id]
+            for other in [k for k in _LOADED if k != identity.teacher_id]:
+                del _LOADED[other]
+        if identity.teacher_id not in _LOADED:
+            _LOADED[identity.teacher_id] = inference_class(config, identity.model_dir)
+        return _LOADED[identity.teacher_id]
 
 
-def release_runner(teacher_id: str) -> None:
-    with _RUNNERS_LOCK:
-        _RUNNERS.pop(teacher_id, None)
+def release_inference(teacher_id: str) -> None:
+    with _LOADED_LOCK:
+        _LOADED.pop(teacher_id, None)
 
 
 def teacher_cache(cache: Cache, plan: Plan, config: TeacherConfig, where: str = "config") -> "TeacherCache":
@@ -61,7 +61,7 @@ def teacher_cache(cache: Cache, plan: Plan, config: TeacherConfig, where: str = 
 
 class TeacherCache(ABC):
     """What every kind shares; subclasses set `kind` (which, with `teachers[].backend`, picks
-    the runner: pipeline/backends.py) and `compression` and say what the model is (`describe`),
+    the inference class: pipeline/backends.py) and `compression` and say what the model is (`describe`),
     which columns it writes (`columns`) and which seed a shard uses."""
 
     kind: str
@@ -81,16 +81,16 @@ class TeacherCache(ABC):
         self._schema: pa.Schema | None = None
 
     @property
-    def runner(self):
+    def inference(self):
         """The loaded model, owned by the process's registry and never by this object: Prefect
         keeps task parameters (this object) until the interpreter exits, so a model held here
-        would outlive `release_runner`; and shard tasks sent to other processes carry only the
+        would outlive `release_inference`; and shard tasks sent to other processes carry only the
         settings, each worker loading its own model once.
 
         In a Ray/Dask worker (another process than the one that planned the run) nothing
         releases the model when the teacher is done, so a worker that moves on to another
         teacher frees the previous one: one model per worker and GPU."""
-        return load_runner(self.identity, self.config, self.backend.runner_class(),
+        return load_inference(self.identity, self.config, self.backend.inference_class(),
                            alone=os.getpid() != self._home_pid)
 
     @abstractmethod
@@ -190,7 +190,7 @@ class TeacherCache(ABC):
         text = self.cache.read_text_shard(self.plan, index)
         texts = text.column("text").to_pylist()
         pairs = {"pairs": text.column("pair").to_pylist()} if self.plan.pairs else {}
-        output = self.runner.run(texts, seed=self._seed(index), on_rows=on_rows, **pairs)
+        output = self.inference.run(texts, seed=self._seed(index), on_rows=on_rows, **pairs)
         valid = output.finite_rows()
         if not valid.all() and self.config.on_nonfinite == "error":
             bad = np.flatnonzero(~valid)

@@ -1,5 +1,5 @@
 """What every teacher kind's PyTorch inference shares: the device, autocast to the teacher's
-dtype, and tokenizing a shard's texts longest first. The kinds' runners are in
+dtype, and tokenizing a shard's texts longest first. The kinds' inference classes are in
 pipeline/kinds/*/inference.py."""
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Tokenize a model's inputs: single texts, or (text, pair) as one pair input.
 
-The one place where teachers (every inference backend's runner) and students turn plan rows
+The one place where teachers (every inference backend) and students turn plan rows
 into token ids, so a teacher and the student trained on its cache see a pair the same way:
 `tokenizer(text, text_pair)`, with the pair's own special tokens and token type ids, cut to
 `max_length` by the configured truncation (`only_second` by default: the passage is cut, the
 query kept). A pair whose first text alone does not fit leaves `only_second` nothing to cut;
 the tokenizer would raise, so such a row is cut `longest_first` instead and flagged truncated
-like any other cut row (the symmetric case for `only_first`). No torch here: an ONNX runner
+like any other cut row (the symmetric case for `only_first`). No torch here: ONNX Runtime inference
 uses the same functions.
 """
 

@@ -17,15 +17,15 @@ from distill.pipeline.caching import teacher_cache
 from distill.pipeline.config import ConfigError, load_config
 from distill.pipeline.continual.files import POOL_FILE, POOL_SETTINGS
 from distill.pipeline.corpus import plan_corpus
-from distill.pipeline.kinds.causal_lm.inference import CausalLMRunner
-from distill.pipeline.kinds.classification.inference import ClassificationRunner
-from distill.pipeline.kinds.prompt.teacher import PromptTeacherRunner
+from distill.pipeline.kinds.causal_lm.inference import CausalLMInference
+from distill.pipeline.kinds.classification.inference import ClassificationInference
+from distill.pipeline.kinds.prompt.teacher import PromptTeacherInference
 from distill.pipeline.preflight import check_teacher
 from distill.pipeline.teacher import identify
 from distill.storage.cache import Cache
 
 
-class TorchCopyRunner(ClassificationRunner):
+class TorchCopyRunner(ClassificationInference):
     """The torch classifier under another backend name; counts the shards it runs."""
 
     shards = 0
@@ -56,12 +56,12 @@ def test_the_registry_picks_the_torch_runner_of_each_kind(project):
         {"name": "p", "model": "teacher-b"}]))
     cache = Cache(config.cache)
     plan = plan_corpus(cache, config.corpus)
-    picked = [teacher_cache(cache, plan, t).backend.runner_class() for t in config.teachers]
-    assert picked == [ClassificationRunner, CausalLMRunner, PromptTeacherRunner]
+    picked = [teacher_cache(cache, plan, t).backend.inference_class() for t in config.teachers]
+    assert picked == [ClassificationInference, CausalLMInference, PromptTeacherInference]
 
 
 def test_an_unknown_backend_is_refused_with_the_key_and_the_choices(project, torch_copy, monkeypatch):
-    monkeypatch.setattr(ClassificationRunner, "__init__", _not_loaded)
+    monkeypatch.setattr(ClassificationInference, "__init__", _not_loaded)
     config = project.config(teachers=[{"name": "a", "model": "teacher-a", "backend": "tensorrt"}])
     result = CliRunner().invoke(app, ["cache", str(config)])
     assert result.exit_code == 2
@@ -86,7 +86,7 @@ def test_a_backend_that_cannot_run_a_teacher_is_refused_at_config_load(project, 
 
 def test_pre_flight_refuses_what_no_backend_of_a_prompt_teacher_computes(project, monkeypatch):
     """Only the folder tells a prompt-based teacher: pre-flight checks its backend by it."""
-    monkeypatch.setattr(ClassificationRunner, "__init__", _not_loaded)
+    monkeypatch.setattr(ClassificationInference, "__init__", _not_loaded)
     (project.root / "teacher-a" / POOL_FILE).write_bytes(b"")
     teacher = load_config(project.config()).teachers[0]
     check_teacher(teacher.model_copy(update={"mc_dropout": {"passes": 2}}), "c.yaml")

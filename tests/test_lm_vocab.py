@@ -21,7 +21,7 @@ import tiny
 from distill.flows.caching import cache_teachers
 from distill.inspection.report import inspect_cache
 from distill.pipeline.config import ConfigError, load_config, teacher_config
-from distill.pipeline.kinds.causal_lm.inference import CausalLMRunner
+from distill.pipeline.kinds.causal_lm.inference import CausalLMInference
 from distill.pipeline.trainer import train
 from distill.storage.cache import Cache
 
@@ -46,7 +46,7 @@ def padded(tmp_path_factory):
 def _runner(path, **lm):
     config = teacher_config(name="t", model=str(path), kind="causal-lm", max_length=16, batch_size=4,
                            lm=lm)
-    return CausalLMRunner(config, path)
+    return CausalLMInference(config, path)
 
 
 def _full_log_softmax(path, texts):
@@ -126,14 +126,14 @@ MEMORY_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import torch
     from distill.pipeline.config import teacher_config
-    from distill.pipeline.kinds.causal_lm.inference import CausalLMRunner
+    from distill.pipeline.kinds.causal_lm.inference import CausalLMInference
 
     torch.set_num_threads(1)
     path, mode = Path(sys.argv[1]), sys.argv[2]
     lm = {"mode": "top-k", "k": 64} if mode == "top-k" else {"mode": "sampled", "samples": 32}
     config = teacher_config(name="t", model=str(path), kind="causal-lm", max_length=512,
                            batch_size=8, lm=lm)
-    runner = CausalLMRunner(config, path)
+    runner = CausalLMInference(config, path)
     texts = [" ".join(["cat", "dog", "w7", "river"][(i + j) % 4] for j in range(600)) for i in range(8)]
     def rss():
         return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmRSS"))) * 1024

@@ -38,7 +38,7 @@ def _teachers(**onnx):
              **onnx}]
 
 
-def _runners(project, **onnx):
+def _caches(project, **onnx):
     config = load_config(project.config(teachers=_teachers(**onnx)))
     cache = Cache(config.cache)
     plan = plan_corpus(cache, config.corpus)
@@ -56,8 +56,8 @@ def _shared(exports, **options):
 @pytest.mark.parametrize("num_labels", [4, 1])  # a class head and a single relevance score
 def test_onnx_logits_equal_the_torch_backend(project, num_labels):
     tiny.classifier(project.root / "teacher-a", num_labels=num_labels, seed=1)
-    torch_teacher, onnx_teacher = _runners(project)
-    expected, got = (t.runner.run(TEXTS) for t in (torch_teacher, onnx_teacher))
+    torch_teacher, onnx_teacher = _caches(project)
+    expected, got = (t.inference.run(TEXTS) for t in (torch_teacher, onnx_teacher))
     assert got.logits.shape == (len(TEXTS), num_labels) and got.logits.dtype == np.float32
     assert np.abs(got.logits - expected.logits).max() <= 1e-3
     np.testing.assert_array_equal(got.truncated, expected.truncated)
@@ -73,10 +73,10 @@ def test_onnx_reads_pairs_as_the_torch_backend_does(project):
     """A cross-encoder over (query, passage) pairs: the export takes the pair's token type ids,
     so its scores equal the torch backend's, truncation flags included."""
     tiny.classifier(project.root / "teacher-a", num_labels=1, seed=2, pairs=True)
-    torch_teacher, onnx_teacher = _runners(project)
+    torch_teacher, onnx_teacher = _caches(project)
     pairs = list(reversed(TEXTS))
-    expected, got = (t.runner.run(TEXTS, pairs=pairs) for t in (torch_teacher, onnx_teacher))
-    single = torch_teacher.runner.run(TEXTS)
+    expected, got = (t.inference.run(TEXTS, pairs=pairs) for t in (torch_teacher, onnx_teacher))
+    single = torch_teacher.inference.run(TEXTS)
     assert np.abs(got.logits - expected.logits).max() <= 1e-3
     assert np.abs(single.logits - expected.logits).max() > 1e-3  # the pair did change the scores
     np.testing.assert_array_equal(got.truncated, expected.truncated)
@@ -169,7 +169,7 @@ def _break_record(export):
 ])
 @pytest.mark.usefixtures("prefect")
 def test_a_broken_export_is_refused_on_one_line_and_left_as_it_is(project, exports, damage, why):
-    _runners(project, **_shared(exports))  # exports (or finds the module's export)
+    _caches(project, **_shared(exports))  # exports (or finds the module's export)
     [shared] = [e for e in _export_dirs(exports)
                 if json.loads((e / "export.json").read_text())["quantize"] is None]
     own = project.root / "exports"
@@ -188,15 +188,15 @@ def test_a_broken_export_is_refused_on_one_line_and_left_as_it_is(project, expor
 
 
 def test_int8_quantization_is_its_own_export_and_teacher_id(project, exports):
-    fp32 = _runners(project, **_shared(exports))[1]
+    fp32 = _caches(project, **_shared(exports))[1]
     before = _export_dirs(exports)
-    int8 = _runners(project, **_shared(exports, quantize="int8"))[1]
+    int8 = _caches(project, **_shared(exports, quantize="int8"))[1]
     [new] = set(_export_dirs(exports)) - set(before)
     assert json.loads((new / "export.json").read_text())["quantize"] == "int8"
     assert int8.teacher_id != fp32.teacher_id
     assert int8.identity.settings["backend_options"] == {"quantize": "int8"}
     assert int8.identity.fingerprint["onnx_sha256"] != fp32.identity.fingerprint["onnx_sha256"]
-    out, ref = int8.runner.run(TEXTS).logits, fp32.runner.run(TEXTS).logits
+    out, ref = int8.inference.run(TEXTS).logits, fp32.inference.run(TEXTS).logits
     agree = (out.argmax(1) == ref.argmax(1)).mean()
     assert agree >= 0.8 and not np.array_equal(out, ref)
 
@@ -214,10 +214,10 @@ def test_a_cuda_device_without_the_cuda_provider_is_refused(monkeypatch):
 @pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
                     reason="onnxruntime has no CUDA provider here (onnxruntime-gpu on a GPU host)")
 def test_the_cuda_provider_gives_the_cpu_logits(project, exports):
-    cpu = _runners(project, device="cpu", **_shared(exports))[1].runner.run(TEXTS).logits
-    gpu = _runners(project, device="cuda", **_shared(exports))[1]
-    assert gpu.runner.session.get_providers()[0] == "CUDAExecutionProvider"
-    assert np.abs(gpu.runner.run(TEXTS).logits - cpu).max() <= 1e-3
+    cpu = _caches(project, device="cpu", **_shared(exports))[1].inference.run(TEXTS).logits
+    gpu = _caches(project, device="cuda", **_shared(exports))[1]
+    assert gpu.inference.session.get_providers()[0] == "CUDAExecutionProvider"
+    assert np.abs(gpu.inference.run(TEXTS).logits - cpu).max() <= 1e-3
 
 
 def test_a_runner_never_exports_it_stops_where_the_export_is_not_there(project):
@@ -227,5 +227,5 @@ def test_a_runner_never_exports_it_stops_where_the_export_is_not_there(project):
     with pytest.raises(ConfigError, match=r"/none/[0-9a-f]{16}: no ONNX export of teachers\[o\] on "
                                           r"this machine; put backend_options\.export_dir on a "
                                           r"filesystem every worker shares$"):
-        onnx_runner.OnnxClassificationRunner(teacher, project.root / "teacher-a")
+        onnx_runner.OnnxClassificationInference(teacher, project.root / "teacher-a")
     assert not (project.root / "none").exists()

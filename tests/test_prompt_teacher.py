@@ -25,7 +25,7 @@ from distill.pipeline.continual.teacher_prompts import eval_prompt_vectors
 from distill.pipeline.corpus import plan_corpus
 from distill.pipeline.kinds.classification.evaluate import predict, read_labelled
 from distill.pipeline.kinds.classification.labels import build_label_space
-from distill.pipeline.kinds.prompt.teacher import PromptTeacherRunner
+from distill.pipeline.kinds.prompt.teacher import PromptTeacherInference
 from distill.storage.cache import Cache
 from distill.storage.columns import to_matrix
 from distill.storage.records import CacheError
@@ -136,7 +136,7 @@ def test_prompt_teacher_cached_with_its_prompts_and_mapped_into_a_student(projec
         raise AssertionError("a teacher was loaded during training")
 
     monkeypatch.setattr(continual_trainer, "MappedPrompts", Recorded)
-    monkeypatch.setattr(PromptTeacherRunner, "__init__", refuse)
+    monkeypatch.setattr(PromptTeacherInference, "__init__", refuse)
     monkeypatch.setattr(ContinualStudent, "load", refuse)
     report = continual_trainer.train_continual(config)
     monkeypatch.undo()
@@ -187,7 +187,7 @@ def test_prompt_teacher_runner_uses_the_students_forward_also_with_mc_dropout(tm
     config = teacher_config(name="p", model=str(tmp_path / "p"), max_length=16, batch_size=3,
                            mc_dropout={"passes": 3})
     texts = tiny.sentences(7, seed=5)
-    out = PromptTeacherRunner(config, tmp_path / "p").run(texts)
+    out = PromptTeacherInference(config, tmp_path / "p").run(texts)
     teacher = ContinualStudent.load(tmp_path / "p").eval()
     with torch.no_grad():
         expected = teacher(**tiny.tokenizer()(texts, padding=True, truncation=True, max_length=16,

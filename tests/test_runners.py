@@ -27,7 +27,7 @@ from distill.pipeline import caching
 from distill.pipeline.caching import teacher_cache
 from distill.pipeline.config import ConfigError, load_config, with_runner
 from distill.pipeline.corpus import plan_corpus
-from distill.pipeline.kinds.classification.inference import ClassificationRunner
+from distill.pipeline.kinds.classification.inference import ClassificationInference
 from distill.storage.cache import Cache
 
 
@@ -53,16 +53,16 @@ def test_a_teacher_cache_travels_to_workers_without_its_model(project):
     cache = Cache(config.cache)
     plan = plan_corpus(cache, config.corpus)
     a, b = (teacher_cache(cache, plan, config.teacher(n)) for n in "ab")
-    model = a.runner
+    model = a.inference
     copy = pickle.loads(pickle.dumps(a))
     assert "runner" not in copy.__dict__ and len(pickle.dumps(a)) < 20_000
-    assert copy.runner is model  # same process: the one loaded model is shared
+    assert copy.inference is model  # same process: the one loaded model is shared
     try:
         b = pickle.loads(pickle.dumps(b))
         b._home_pid = -1  # as in a Ray/Dask worker: another process than the planner's
-        assert b.runner is not model and set(caching._RUNNERS) == {b.teacher_id}  # a was freed
+        assert b.inference is not model and set(caching._LOADED) == {b.teacher_id}  # a was freed
     finally:
-        caching._RUNNERS.clear()
+        caching._LOADED.clear()
 
 
 def test_runner_options_are_checked(project, monkeypatch):
@@ -103,7 +103,7 @@ def test_one_teacher_per_device_at_a_time(project, monkeypatch):
     runs, arrivals, lock = [], [], threading.Lock()
     both_at_once = threading.Barrier(2, timeout=60)  # passes only if two teachers run together
     third_started = threading.Event()
-    real_run = ClassificationRunner._run
+    real_run = ClassificationInference._run
 
     def recorded(self, texts, seed, on_rows, pairs):
         """The first teacher holds its device until the third has started: the third must take
@@ -125,7 +125,7 @@ def test_one_teacher_per_device_at_a_time(project, monkeypatch):
         finally:
             run[3] = time.perf_counter()
 
-    monkeypatch.setattr(ClassificationRunner, "_run", recorded)
+    monkeypatch.setattr(ClassificationInference, "_run", recorded)
     summaries = cache_teachers(config)
     assert [s["computed"] for s in summaries] == [3, 3, 3]
     device_of = {}
@@ -169,7 +169,7 @@ def test_cluster_runner_writes_the_thread_runners_bytes(project, kind, monkeypat
     def not_here(self, *args):
         raise AssertionError("a teacher was loaded in the flow process, not in a worker")
 
-    monkeypatch.setattr(ClassificationRunner, "__init__", not_here)
+    monkeypatch.setattr(ClassificationInference, "__init__", not_here)
     with cluster_scope():
         summaries = cache_teachers(config)
         assert _shard_files(project.root / "cluster-cache") == baseline

@@ -74,7 +74,7 @@ class CausalLMCache(TeacherCache):
     def columns(self, out: LMShardOutput, valid: np.ndarray) -> dict[str, pa.Array]:
         """Rows whose distribution was not finite (on_nonfinite: skip) keep their tokens but
         hold null targets."""
-        ids = id_dtype(self.runner.vocab_size)
+        ids = id_dtype(self.inference.vocab_size)
         keep = np.repeat(valid, out.lengths)
         lengths = np.where(valid, out.lengths, 0)
         columns = {"input_ids": nested(out.input_ids.astype(ids), out.lengths),

@@ -84,7 +84,7 @@ def load_causal_lm(model_dir: Path, device: torch.device, trust_remote_code: boo
     return model, tokenizer
 
 
-class CausalLMRunner:
+class CausalLMInference:
     """One loaded causal LM; `run` is thread-safe (shard tasks of one teacher share it)."""
 
     def __init__(self, config: CausalLMTeacherConfig, model_dir: Path):

@@ -58,11 +58,11 @@ def projection_matrix(width: int, out: int, seed: int) -> np.ndarray:
     return (rng.standard_normal((width, out)) / np.sqrt(out)).astype(np.float32)
 
 
-class BucketedRunner(ABC):
+class BucketedInference(ABC):
     """What every encoder backend shares: the teacher's tokenizer, length-bucketed batches and
     the scatter back to plan order. A backend sets `tensors` (the array type its engine takes:
     "pt", "np") and implements `_forward(batch, seed) -> {output name: [B, ...] array}`; `run`
-    is thread-safe (a teacher's shard tasks share one runner)."""
+    is thread-safe (a teacher's shard tasks share one loaded model)."""
 
     tensors = "pt"
 
@@ -98,7 +98,7 @@ class BucketedRunner(ABC):
         return self._assemble(outputs, order, truncated)
 
     def _place(self, batch):
-        """The padded batch where the engine reads it (a torch runner moves it to its device)."""
+        """The padded batch where the engine reads it (torch moves it to the model's device)."""
         return batch
 
     @abstractmethod
@@ -119,7 +119,7 @@ class BucketedRunner(ABC):
         return ShardOutput(truncated=truncated, **fields)
 
 
-class ClassificationRunner(BucketedRunner):
+class ClassificationInference(BucketedInference):
     """The PyTorch backend: one loaded model (MC dropout flips its mode under the lock)."""
 
     def __init__(self, config: ClassificationTeacherConfig, model_dir: Path):

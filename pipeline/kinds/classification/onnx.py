@@ -1,7 +1,7 @@
 """The `onnx` backend: a classification teacher exported once to ONNX and run by ONNX Runtime.
 
 On CPU, ONNX Runtime's fused encoder kernels run a BERT-style teacher faster than PyTorch eager
-mode (bench/cache_speed.py --backends); batching is the torch runner's (length buckets,
+mode (bench/cache_speed.py --backends); batching is the torch backend's (length buckets,
 pipeline/kinds/classification/inference.py), only the engine differs.
 
 The export lives in `backend_options.export_dir/<key>/` (default: `exports/` in the cache root),
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from distill.pipeline.config import ClassificationTeacherConfig, ConfigError
-from distill.pipeline.kinds.classification.inference import BucketedRunner
+from distill.pipeline.kinds.classification.inference import BucketedInference
 from distill.pipeline.teacher import fingerprint
 from distill.storage.fs import sha256_local
 
@@ -60,7 +60,7 @@ def ensure_export(config: ClassificationTeacherConfig, model_dir: Path, prints: 
 
 
 def checked_export(config: ClassificationTeacherConfig, model_dir: Path) -> Path:
-    """The export a runner loads: the one the teacher id was computed from (`prepare_export`
+    """The export the inference loads: the one the teacher id was computed from (`prepare_export`
     made it in the process that planned the run), checked again and never made here, so a
     cluster worker that cannot see `export_dir` stops with a message instead of running an
     export of its own that the cache would not describe."""
@@ -199,7 +199,7 @@ def providers(device: str, name: str) -> list:
     return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
 
 
-class OnnxClassificationRunner(BucketedRunner):
+class OnnxClassificationInference(BucketedInference):
     """Logits of a sequence classifier (any number of labels, single scores too) from its
     export. ONNX Runtime uses as many threads as torch does in this process
     (`torch.get_num_threads()`), so both backends get the same cores."""

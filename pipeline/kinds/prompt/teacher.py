@@ -29,12 +29,12 @@ from distill.pipeline.continual.files import POOL_FILE, POOL_SETTINGS, maps_teac
 from distill.pipeline.continual.student import ContinualStudent
 from distill.pipeline.inference import autocast
 from distill.pipeline.kinds.classification.cache import ClassificationCache
-from distill.pipeline.kinds.classification.inference import ClassificationRunner, ShardOutput
+from distill.pipeline.kinds.classification.inference import ClassificationInference, ShardOutput
 from distill.storage.columns import fixed_rows
 
 
-class PromptTeacherRunner(ClassificationRunner):
-    """The classifier runner with the model's prompts: logits and prompt vectors per row."""
+class PromptTeacherInference(ClassificationInference):
+    """The classifier's inference with the model's prompts: logits and prompt vectors per row."""
 
     def load_model(self, model_dir: Path) -> torch.nn.Module:
         return ContinualStudent.load(model_dir)

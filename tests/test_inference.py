@@ -7,14 +7,14 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import tiny
 from distill.pipeline.config import ClassificationTeacherConfig
-from distill.pipeline.kinds.classification.inference import ClassificationRunner, projection_matrix
+from distill.pipeline.kinds.classification.inference import ClassificationInference, projection_matrix
 
 TEXTS = tiny.sentences(37, seed=11, max_words=20)
 
 
 def _runner(path, **cfg):
     settings = {"name": "t", "model": str(path), "max_length": 12, "batch_size": 5, **cfg}
-    return ClassificationRunner(ClassificationTeacherConfig(**settings), path)
+    return ClassificationInference(ClassificationTeacherConfig(**settings), path)
 
 
 def _reference_logits(path, texts, max_length=12):

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import distill.pipeline.kinds.causal_lm.inference as lm_runner
 import tiny
 from distill.pipeline.config import teacher_config
-from distill.pipeline.kinds.causal_lm.inference import CausalLMRunner, unique_counts
+from distill.pipeline.kinds.causal_lm.inference import CausalLMInference, unique_counts
 
 TEXTS = tiny.sentences(23, seed=5, max_words=14)
 VOCAB = len(tiny.WORDS) + 5
@@ -18,7 +18,7 @@ VOCAB = len(tiny.WORDS) + 5
 def _runner(path, **lm):
     config = teacher_config(name="t", model=str(path), kind="causal-lm", max_length=12, batch_size=5,
                            lm=lm)
-    return CausalLMRunner(config, path)
+    return CausalLMInference(config, path)
 
 
 def _reference(path, texts, temperature=1.0):
