@@ -14,13 +14,14 @@ worker starts an embedded server of its own (measured: 4 trivial tasks took 28 s
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import socket
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, nullcontext
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 from prefect import get_run_logger
@@ -32,6 +33,7 @@ from distill.pipeline.config import ConfigError, RunnerConfig
 
 EXTRAS = {"ray": "prefect_ray", "dask": "prefect_dask"}
 DEFAULT_PORTS = {"ray": 6379, "dask": 8786}
+RAY_LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch; see _ray_local_only
 
 _lock = threading.Lock()
 _scopes = 0
@@ -110,6 +112,7 @@ def _ray(runner: RunnerConfig, where: str):
             else:
                 temp_dir = tempfile.mkdtemp(prefix="distill-ray-")
                 _clusters.callback(shutil.rmtree, temp_dir, ignore_errors=True)
+                _clusters.callback(_ray_local_only())
                 _in_keeper(ray.init, num_cpus=runner.workers, include_dashboard=False,
                            _temp_dir=temp_dir)
             _clusters.callback(ray.shutdown)
@@ -131,6 +134,30 @@ def _ray(runner: RunnerConfig, where: str):
         return [node["Resources"] for node in ray.nodes() if node["Alive"]]
 
     return RayTaskRunner(), offers, remote_options(**runner.shard_resources)
+
+
+def _ray_local_only() -> Callable[[], None]:
+    """Make the local cluster about to start bind to loopback only; returns what undoes it.
+
+    Ray 2.60 binds its servers (GCS, raylet, workers, agents) to the node's address, which on
+    Linux is the machine's outward address, reachable by anyone on its network. Ray's own
+    local-only mode, its default on macOS and Windows, makes that address 127.0.0.1 instead:
+    the setting is read by this process (already imported, so set on the module too) and by
+    every Ray process, which inherits it. It is undone when the cluster stops, so that a later
+    `runner.address` in the same process joins its cluster by the machine's address."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(RAY_LOCAL_ONLY)
+    ray_constants.ENABLE_RAY_CLUSTER, os.environ[RAY_LOCAL_ONLY] = False, "0"
+
+    def undo() -> None:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[0]
+        if saved[1] is None:
+            os.environ.pop(RAY_LOCAL_ONLY, None)
+        else:
+            os.environ[RAY_LOCAL_ONLY] = saved[1]
+
+    return undo
 
 
 def _connect_ray(runner: RunnerConfig, where: str) -> None:

@@ -153,12 +153,30 @@ BAD_RESOURCES = {  # (shard_resources, what the error says); this machine has no
 }
 
 
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def _ray_listening_addresses() -> set[str]:
+    """The addresses the Ray processes started by this process listen on (GCS, raylet,
+    workers, agents, log monitor: every descendant whose command line names Ray)."""
+    import psutil
+
+    ray_pids = set()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "ray" in " ".join(child.cmdline()) or child.name().startswith(("ray", "gcs_server")):
+                ray_pids.add(child.pid)
+    return {c.laddr.ip for c in psutil.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in ray_pids}
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect")
 @pytest.mark.parametrize("kind", ["ray", "dask"])
 def test_cluster_runner_writes_the_thread_runners_bytes(project, kind, monkeypatch):
     """One cluster for both teachers; shards computed in its workers, never in this process;
-    every shard byte-identical to the thread runner's."""
+    every shard byte-identical to the thread runner's; a local Ray cluster listens on loopback
+    only."""
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token written to ~/.ray in a test
     threads = cache_teachers(str(project.config()))
     baseline = _shard_files(project.cache)
@@ -175,6 +193,9 @@ def test_cluster_runner_writes_the_thread_runners_bytes(project, kind, monkeypat
         assert _shard_files(project.root / "cluster-cache") == baseline
         assert _checksums(project.root / "cluster-cache", summaries) == _checksums(project.cache, threads)
         assert [s["computed"] for s in summaries] == [3, 3]
+        if kind == "ray":
+            listening = _ray_listening_addresses()
+            assert listening and listening <= LOOPBACK, listening
         for resources, message in BAD_RESOURCES[kind]:  # refused at once, in the same cluster
             with pytest.raises(ConfigError, match=r"runner\.shard_resources.*" + message):
                 cache_teacher(with_runner(load_config(project.config(cache="other")), kind=kind,
