@@ -30,6 +30,10 @@ from typing import Callable, Iterator
 
 PR_SET_PDEATHSIG = 1
 SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+# Defaults the caller's environment may override. Telemetry is off because machines running
+# distill are often offline, where the server's telemetry task logs an ERROR at every start
+# (the CLI sets this too; the Python API path, distill.cache, did not).
+SERVER_DEFAULTS = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
 
 def die_with_parent() -> Callable[[], None] | None:
@@ -91,7 +95,8 @@ class ApiServer:
             [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "error", "--lifespan", "on"],
-            env={**os.environ, **SERVER_ENV}, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
+            env={**SERVER_DEFAULTS, **os.environ, **SERVER_ENV}, stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent())
 
     @property
     def api_url(self) -> str:
